@@ -1,0 +1,13 @@
+"""Attention over the paged KV cache: one metadata type, interchangeable backends."""
+
+from models.attention.metadata import AttentionMetadata
+from models.attention.torch_ref import TorchReferenceBackend
+
+__all__ = ["AttentionMetadata", "TorchReferenceBackend", "get_backend"]
+
+
+def get_backend(name: str = "torch"):
+    """The attention backend called `name`; "torch" is the reference that runs everywhere."""
+    if name == "torch":
+        return TorchReferenceBackend()
+    raise ValueError(f"unknown attention backend {name!r}; available: torch")

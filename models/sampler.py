@@ -1,0 +1,156 @@
+"""Sampling parameters and the batched sampler: greedy, temperature, top-k, top-p, min-p, seeds, logprobs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(slots=True)
+class SamplingParams:
+    """How to decode one request. temperature 0 means greedy; top_k 0 and top_p 1 disable those filters."""
+
+    n: int = 1
+    max_tokens: int | None = 16      # None: up to the model's context limit
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] = dataclasses.field(default_factory=list)
+    stop_token_ids: list[int] = dataclasses.field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None      # None: no logprobs; k: the sampled token's plus the top k
+    skip_special_tokens: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        checks = [
+            (isinstance(self.n, int) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}"),
+            (self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+             f"max_tokens must be an integer >= 1, got {self.max_tokens!r}"),
+            (isinstance(self.min_tokens, int) and self.min_tokens >= 0,
+             f"min_tokens must be an integer >= 0, got {self.min_tokens!r}"),
+            (self.max_tokens is None or self.min_tokens <= self.max_tokens,
+             f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (isinstance(self.top_k, int) and self.top_k >= -1, f"top_k must be -1, 0 or positive, got {self.top_k!r}"),
+            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
+            (self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
+             f"logprobs must be an integer in [0, 20], got {self.logprobs!r}"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
+            (all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids must be token ids"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.top_k == -1:
+            self.top_k = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclasses.dataclass(slots=True)
+class SamplingRow:
+    """One row of the logits to sample: its parameters and where its output stands."""
+
+    params: SamplingParams
+    seed: int | None          # the sequence's own seed (n > 1 samples get distinct ones)
+    num_output_tokens: int    # tokens generated so far; keys the seeded noise and min_tokens
+    banned_token_ids: tuple[int, ...] = ()  # stop/EOS ids masked while below min_tokens
+
+
+@dataclasses.dataclass(slots=True)
+class SamplerOutput:
+    token_ids: torch.Tensor                    # [B] int64
+    logprobs: torch.Tensor | None = None       # [B] float32, of the sampled tokens
+    top_ids: torch.Tensor | None = None        # [B, k] int64
+    top_logprobs: torch.Tensor | None = None   # [B, k] float32
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """A 32-bit integer hash (xorshift-multiply), on Python ints or int64 tensors alike."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def seeded_exponential(seed: int, step: int, vocab: int, device) -> torch.Tensor:
+    """Exp(1) noise [vocab] that depends only on (seed, step): reproducible whatever the batch is."""
+    key = _mix32((_mix32(step & _MASK32) ^ (seed & _MASK32)) + ((seed >> 32) & _MASK32)) 
+    ids = torch.arange(vocab, dtype=torch.int64, device=device)
+    bits = _mix32(_mix32(ids ^ key) + key)
+    uniform = (bits.double() + 0.5) / 2**32
+    return -torch.log(uniform)
+
+
+class Sampler:
+    """Turns float32 logits [B, V] into one token per row.
+
+    Sampling is the exponential race: argmax(p / E) with E ~ Exp(1) draws exactly from p, and lets
+    seeded rows bring their own noise while the rest share one batched draw.
+    """
+
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+        device = logits.device
+        for i, row in enumerate(rows):
+            if row.banned_token_ids:
+                logits[i, list(row.banned_token_ids)] = float("-inf")
+        out = SamplerOutput(token_ids=logits.argmax(dim=-1))
+        want_logprobs = [r.params.logprobs for r in rows if r.params.logprobs is not None]
+        if want_logprobs:
+            logprobs = torch.log_softmax(logits, dim=-1)
+        sampled_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
+        if sampled_rows:
+            idx = torch.tensor(sampled_rows, device=device)
+            sub = [rows[i].params for i in sampled_rows]
+            probs = _filtered_probs(
+                logits[idx],
+                torch.tensor([p.temperature for p in sub], device=device),
+                torch.tensor([p.top_k for p in sub], device=device),
+                torch.tensor([p.top_p for p in sub], device=device),
+                torch.tensor([p.min_p for p in sub], device=device),
+            )
+            noise = torch.empty_like(probs).exponential_()
+            for j, i in enumerate(sampled_rows):
+                if rows[i].seed is not None:
+                    noise[j] = seeded_exponential(rows[i].seed, rows[i].num_output_tokens, probs.shape[1], device)
+            out.token_ids[idx] = (probs / noise).argmax(dim=-1)
+        if want_logprobs:
+            out.logprobs = logprobs.gather(1, out.token_ids[:, None])[:, 0]
+            k = max(want_logprobs)
+            if k:
+                out.top_logprobs, out.top_ids = logprobs.topk(k, dim=-1)
+        return out
+
+
+def _filtered_probs(logits, temperature, top_k, top_p, min_p) -> torch.Tensor:
+    """Probabilities after temperature, then top-k, then top-p (on the renormalised top-k set), then min-p.
+
+    top-p keeps the smallest prefix of the sorted distribution whose mass reaches p: a token stays
+    if the mass strictly before it is below p. The most likely token always stays.
+    """
+    logits = logits / temperature[:, None]
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    vocab = logits.shape[-1]
+    rank = torch.arange(vocab, device=logits.device)[None, :]
+    k = torch.where(top_k > 0, top_k, vocab)
+    sorted_logits = sorted_logits.masked_fill(rank >= k[:, None], float("-inf"))
+    sorted_probs = sorted_logits.softmax(dim=-1)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    drop = (mass_before >= top_p[:, None]) | (sorted_probs < min_p[:, None] * sorted_probs[:, :1])
+    drop[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    filtered = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+    return filtered.softmax(dim=-1)

@@ -1,0 +1,215 @@
+"""The synchronous engine: add requests, then `step()` — schedule, run the model, process outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+
+import torch
+
+from kv_cache.cache_tensors import num_blocks_for_budget
+from models.attention import get_backend
+from models.loader import load_model
+from models.runner import ModelRunner
+from models.sampler import SamplingParams
+from scheduler.detokenizer import IncrementalDetokenizer
+from scheduler.outputs import CompletionOutput, RequestOutput
+from scheduler.scheduler import Scheduler, SchedulerConfig
+from scheduler.sequence import Sequence
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass(slots=True)
+class EngineConfig:
+    """Everything that fixes an engine: the model, where it runs, its KV budget and scheduling limits."""
+
+    model: str = "embedded"
+    load_format: str = "auto"            # "dummy": random weights in a preset's shapes
+    dtype: str | None = None             # default: float32 on CPU, bfloat16 on CUDA
+    device: str | None = None            # default: cuda if available, else cpu
+    max_model_len: int | None = None     # default: the model's own limit
+    block_size: int = 16
+    kv_cache_gib: float | None = None    # fixed KV budget; default 1 GiB on CPU, measured on CUDA
+    gpu_memory_utilization: float = 0.9  # CUDA: fraction of the GPU's memory in use once the cache exists
+    num_kv_blocks: int | None = None     # overrides both budgets (tests force preemption with it)
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 4096
+    enable_prefix_caching: bool = True
+    aging_seconds: float = 30.0
+    attention_backend: str = "torch"
+    seed: int = 0
+
+    def resolved_device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def resolved_dtype(self) -> torch.dtype:
+        name = self.dtype or ("bfloat16" if self.resolved_device().type == "cuda" else "float32")
+        if name not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+        return _DTYPES[name]
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _RequestState:
+    request_id: str
+    prompt: str | None
+    prompt_ids: list[int]
+    seqs: list[Sequence]
+    detoks: list[IncrementalDetokenizer | None]
+    tokens_sent: list[int]     # per sample: output tokens already handed out
+    logprobs_sent: list[int]
+    task: str
+    arrival_time: float
+    first_token_time: float | None = None
+
+
+class LLMEngine:
+    """One model, its KV cache and its scheduler. Not thread-safe: one caller drives it (AsyncEngine
+    does so from its loop, running `step` on a worker thread between applying adds and aborts)."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        device, dtype = config.resolved_device(), config.resolved_dtype()
+        self.device = device
+        self.model, self.model_config, self.tokenizer, max_len = load_model(
+            config.model, load_format=config.load_format, dtype=dtype, device=device,
+            backend=get_backend(config.attention_backend), max_model_len=config.max_model_len, seed=config.seed)
+        eos = set(self.model_config.eos_token_ids)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        self.eos_token_ids = frozenset(eos)
+        self.runner = ModelRunner(self.model, config.block_size, dtype, device, sorted(eos))
+        num_blocks = self._num_kv_blocks(dtype)
+        self.runner.allocate_kv_cache(num_blocks)
+        # A single sequence must always fit in the pool, or it could only ever preempt itself.
+        self.max_model_len = min(max_len, num_blocks * config.block_size)
+        self.scheduler = Scheduler(
+            SchedulerConfig(max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
+                            max_model_len=self.max_model_len, block_size=config.block_size,
+                            enable_prefix_caching=config.enable_prefix_caching, aging_seconds=config.aging_seconds),
+            num_blocks, eos_token_ids=eos)
+        self._requests: dict[str, _RequestState] = {}
+        self._seq_ids = itertools.count()
+
+    def _num_kv_blocks(self, dtype: torch.dtype) -> int:
+        cfg = self.config
+        if cfg.num_kv_blocks is not None:
+            return cfg.num_kv_blocks
+        if cfg.kv_cache_gib is not None or self.device.type != "cuda":
+            budget = (cfg.kv_cache_gib or 1.0) * 2**30
+        else:
+            peak = self.runner.profile_peak_memory(cfg.max_num_batched_tokens, cfg.max_num_seqs)
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = total * cfg.gpu_memory_utilization - (total - free) - peak
+        blocks = num_blocks_for_budget(self.model_config, cfg.block_size, dtype, int(budget))
+        if blocks < 1:
+            raise ValueError(f"no memory left for the KV cache (budget {budget / 2**30:.2f} GiB); "
+                             "raise gpu_memory_utilization or kv_cache_gib")
+        return blocks
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.scheduler.block_manager.num_blocks
+
+    def tokenize(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a prompt given as text or as ids, validated against the vocabulary."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer (dummy weights): send the prompt as token ids")
+            return self.tokenizer(prompt).input_ids
+        if not all(isinstance(t, int) and 0 <= t < self.model_config.vocab_size for t in prompt):
+            raise ValueError(f"prompt token ids must be integers in [0, {self.model_config.vocab_size})")
+        return list(prompt)
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None, *,
+                    task: str = "general", priority: int = 0, arrival_time: float | None = None) -> None:
+        """Queue a request. Raises ValueError (and changes nothing) if it cannot be served."""
+        params = params or SamplingParams()
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        prompt_ids = self.tokenize(prompt)
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens, but the context limit is "
+                             f"{self.max_model_len} tokens including at least one generated token")
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        seqs = [
+            Sequence(seq_id=next(self._seq_ids), request_id=request_id, token_ids=list(prompt_ids),
+                     num_prompt_tokens=len(prompt_ids), params=params, arrival_time=arrival, task=task,
+                     priority=priority, sample_index=i, seed=None if params.seed is None else params.seed + i,
+                     max_model_len=self.max_model_len)
+            for i in range(params.n)
+        ]
+        detoks = [IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if self.tokenizer else None
+                  for _ in seqs]
+        self._requests[request_id] = _RequestState(
+            request_id, prompt if isinstance(prompt, str) else None, prompt_ids, seqs, detoks,
+            [0] * len(seqs), [0] * len(seqs), task, arrival)
+        self.scheduler.add(seqs)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Cancel a request, freeing its blocks now. Returns its final output, or None if unknown."""
+        state = self._requests.get(request_id)
+        if state is None:
+            return None
+        for seq in state.seqs:
+            self.scheduler.finish(seq, "abort")
+        return self._output(state, range(len(state.seqs)))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration and return the progress of every request that made any."""
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        result = self.runner.execute(batch.seqs, batch.num_new_tokens)
+        out = result.output
+        tokens = out.token_ids.tolist()
+        for row, seq in enumerate(result.sampled_seqs):
+            if seq.params.logprobs is not None:
+                top = []
+                if seq.params.logprobs:
+                    ids = out.top_ids[row, :seq.params.logprobs].tolist()
+                    top = list(zip(ids, out.top_logprobs[row, :seq.params.logprobs].tolist()))
+                seq.output_logprobs.append((float(out.logprobs[row]), top))
+        self.scheduler.update(batch, {s.seq_id: t for s, t in zip(result.sampled_seqs, tokens)})
+        now = time.monotonic()
+        touched: dict[str, list[int]] = {}
+        for seq, token in zip(result.sampled_seqs, tokens):
+            state = self._requests[seq.request_id]
+            state.first_token_time = state.first_token_time or now
+            detok = state.detoks[seq.sample_index]
+            ended_on_token = seq.finish_reason == "stop"  # EOS or a stop token: not part of the text
+            if detok is not None and not ended_on_token and detok.add(token):
+                if seq.is_finished:
+                    seq.finish_reason = "stop"
+                else:
+                    self.scheduler.finish(seq, "stop")
+            touched.setdefault(seq.request_id, []).append(seq.sample_index)
+        return [self._output(self._requests[rid], idx) for rid, idx in touched.items()]
+
+    def _output(self, state: _RequestState, indices) -> RequestOutput:
+        choices = []
+        for i in indices:
+            seq = state.seqs[i]
+            detok = state.detoks[i]
+            text = detok.take(seq.is_finished) if detok is not None else ""
+            lps = None
+            if seq.params.logprobs is not None:
+                lps = seq.output_logprobs[state.logprobs_sent[i]:]
+                state.logprobs_sent[i] = len(seq.output_logprobs)
+            new_ids = seq.output_token_ids[state.tokens_sent[i]:]
+            state.tokens_sent[i] += len(new_ids)
+            choices.append(CompletionOutput(i, text, new_ids, seq.finish_reason, lps, seq.num_preemptions))
+        finished = all(s.is_finished for s in state.seqs)
+        if finished:
+            del self._requests[state.request_id]
+        return RequestOutput(
+            request_id=state.request_id, prompt=state.prompt, prompt_token_ids=state.prompt_ids, outputs=choices,
+            finished=finished, task=state.task, arrival_time=state.arrival_time,
+            first_token_time=state.first_token_time, finish_time=time.monotonic() if finished else None)

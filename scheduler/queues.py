@@ -1,0 +1,61 @@
+"""Waiting requests in per-task FIFO queues, served by priority class with aging."""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+
+from scheduler.sequence import Sequence
+
+
+class TaskQueues:
+    """One FIFO queue per task; the next sequence is the queue head with the best effective priority.
+
+    effective priority = priority - waited_seconds / aging_seconds (lower is served first), so a
+    sequence gains one priority class for every `aging_seconds` it waits and none starves. Among
+    equal effective priorities the earlier arrival wins. Within a task, order is arrival order.
+    """
+
+    def __init__(self, aging_seconds: float = 30.0):
+        if aging_seconds <= 0:
+            raise ValueError("aging_seconds must be positive")
+        self.aging_seconds = aging_seconds
+        self._queues: dict[str, list[Sequence]] = defaultdict(list)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self):
+        for queue in self._queues.values():
+            yield from queue
+
+    def depth_by_task(self) -> dict[str, int]:
+        return {task: len(q) for task, q in self._queues.items()}
+
+    def push(self, seq: Sequence) -> None:
+        """Enqueue by arrival time, so a preempted sequence returns ahead of later arrivals."""
+        queue = self._queues[seq.task]
+        keys = [(s.arrival_time, s.seq_id) for s in queue]
+        queue.insert(bisect.bisect(keys, (seq.arrival_time, seq.seq_id)), seq)
+        self._size += 1
+
+    def effective_priority(self, seq: Sequence, now: float) -> float:
+        return seq.priority - (now - seq.arrival_time) / self.aging_seconds
+
+    def peek(self, now: float) -> Sequence | None:
+        """The sequence that would be served next, without removing it."""
+        heads = [q[0] for q in self._queues.values() if q]
+        if not heads:
+            return None
+        return min(heads, key=lambda s: (self.effective_priority(s, now), s.arrival_time, s.seq_id))
+
+    def remove(self, seq: Sequence) -> bool:
+        """Take a sequence out wherever it stands; False if it was not queued."""
+        queue = self._queues.get(seq.task, [])
+        for i, s in enumerate(queue):
+            if s is seq:
+                del queue[i]
+                self._size -= 1
+                return True
+        return False

@@ -1,0 +1,196 @@
+"""The iteration-level scheduler: every step it decides which sequences run and how many tokens each computes."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from kv_cache.block_manager import BlockManager
+from scheduler.queues import TaskQueues
+from scheduler.sequence import SeqStatus, Sequence
+
+
+@dataclasses.dataclass(slots=True)
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 4096   # token budget of one step, prefill and decode together
+    max_model_len: int = 8192
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    aging_seconds: float = 30.0
+
+    def __post_init__(self):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(slots=True)
+class ScheduledBatch:
+    """One step's work: sequence i computes num_new_tokens[i] tokens from its num_computed_tokens on."""
+
+    seqs: list[Sequence]
+    num_new_tokens: list[int]
+    preempted: list[Sequence]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def samples(self, i: int) -> bool:
+        """Whether sequence i reaches its last known token this step, and so samples the next."""
+        seq = self.seqs[i]
+        return seq.num_computed_tokens + self.num_new_tokens[i] == seq.num_tokens
+
+
+@dataclasses.dataclass(slots=True)
+class SchedulerStats:
+    num_preemptions: int = 0
+    prefix_query_tokens: int = 0
+    prefix_hit_tokens: int = 0
+
+
+class Scheduler:
+    """Admits and evicts sequences every step under one token budget and a KV block pool.
+
+    Running sequences go first (best priority, earliest arrival first), each taking all of its
+    uncomputed tokens that fit the budget: one for a decode, a chunk for a prefill. When the pool
+    runs dry the worst running sequence (lowest priority, latest arrival) is preempted: its blocks
+    are freed and it waits to be recomputed. Waiting sequences are admitted from the task queues
+    with what budget is left, reusing cached prefix blocks, unless this step had to preempt.
+    """
+
+    def __init__(self, config: SchedulerConfig, num_blocks: int, eos_token_ids=(), clock=time.monotonic):
+        self.config = config
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.waiting = TaskQueues(config.aging_seconds)
+        self.running: list[Sequence] = []
+        self.clock = clock
+        self.stats = SchedulerStats()
+        # n > 1: the later samples wait until the first has computed the shared prompt, then reuse its blocks.
+        self._deferred: dict[int, list[Sequence]] = {}
+
+    def add(self, seqs: list[Sequence]) -> None:
+        """Queue the samples of one request; the first computes the prompt for the others."""
+        self.waiting.push(seqs[0])
+        if len(seqs) > 1:
+            self._deferred[seqs[0].seq_id] = list(seqs[1:])
+
+    def has_work(self) -> bool:
+        return bool(self.running or len(self.waiting))
+
+    @staticmethod
+    def _rank(seq: Sequence):
+        return seq.priority, seq.arrival_time, seq.seq_id
+
+    def schedule(self) -> ScheduledBatch:
+        cfg, bm = self.config, self.block_manager
+        budget = cfg.max_num_batched_tokens
+        batch = ScheduledBatch([], [], [])
+        running = sorted(self.running, key=self._rank)
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not bm.allocate(seq, seq.num_computed_tokens + n):
+                victim = running.pop()
+                self._preempt(victim)
+                batch.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                batch.seqs.append(seq)
+                batch.num_new_tokens.append(n)
+                budget -= n
+                i += 1
+                continue
+            break
+        if not batch.preempted:
+            now = self.clock()
+            while budget > 0 and len(running) < cfg.max_num_seqs:
+                seq = self.waiting.peek(now)
+                if seq is None:
+                    break
+                cached = bm.match_prefix(seq)
+                num_cached = len(cached) * cfg.block_size
+                n = min(seq.num_tokens - num_cached, budget)
+                if not bm.allocate(seq, num_cached + n, cached):
+                    break
+                self.waiting.remove(seq)
+                self.stats.prefix_query_tokens += seq.num_tokens
+                self.stats.prefix_hit_tokens += num_cached
+                seq.num_computed_tokens = num_cached
+                seq.status = SeqStatus.RUNNING
+                if seq.first_scheduled_time is None:
+                    seq.first_scheduled_time = now
+                running.append(seq)
+                batch.seqs.append(seq)
+                batch.num_new_tokens.append(n)
+                budget -= n
+        self.running = running
+        # Backends want decodes (one query token) first.
+        order = sorted(range(len(batch.seqs)), key=lambda j: batch.num_new_tokens[j] != 1)
+        batch.seqs = [batch.seqs[j] for j in order]
+        batch.num_new_tokens = [batch.num_new_tokens[j] for j in order]
+        return batch
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SeqStatus.WAITING
+        seq.num_preemptions += 1
+        self.stats.num_preemptions += 1
+        self.waiting.push(seq)
+
+    def update(self, batch: ScheduledBatch, sampled: dict[int, int]) -> list[Sequence]:
+        """Record a finished step: computed tokens, one sampled token per sampling sequence (by seq_id).
+
+        Returns the sequences that finished on a token-level criterion (EOS, stop token, length).
+        """
+        finished = []
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            if seq.is_finished:  # cancelled while the step ran
+                continue
+            seq.num_computed_tokens += n
+            self.block_manager.cache_computed_blocks(seq)
+            token = sampled.get(seq.seq_id)
+            if token is None:
+                continue
+            seq.token_ids.append(token)
+            self._release_deferred(seq)
+            reason = self._stop_reason(seq, token)
+            if reason:
+                self.finish(seq, reason)
+                finished.append(seq)
+        return finished
+
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        if seq.num_output_tokens >= p.min_tokens:
+            if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
+                return "stop"
+        if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+            return "length"
+        if seq.num_tokens >= min(seq.max_model_len, self.config.max_model_len):
+            return "length"
+        return None
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Take a sequence out of the queues or the batch for good and free its blocks at once."""
+        if seq.is_finished:
+            return
+        if seq.status is SeqStatus.WAITING:
+            self.waiting.remove(seq)
+        else:
+            self.running.remove(seq)
+            self.block_manager.free(seq)
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = reason
+        self._release_deferred(seq)
+
+    def _release_deferred(self, leader: Sequence) -> None:
+        # Once the leader has computed the prompt (or ended without it), its siblings may run.
+        for sibling in self._deferred.pop(leader.seq_id, ()):
+            if not sibling.is_finished:
+                self.waiting.push(sibling)
