@@ -36,18 +36,23 @@ class AsyncEngine:
         engine = await asyncio.get_running_loop().run_in_executor(None, LLMEngine, config)
         return cls(engine, name)
 
+    @property
+    def healthy(self) -> bool:
+        """False once the stepping loop has died (it survives failed steps, so this means a bug)."""
+        return self._loop_task is None or not self._loop_task.done() or self._loop_task.cancelled()
+
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
             self._wakeup = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}-loop")
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None, *,
-                       request_id: str | None = None, task: str = "general",
-                       priority: int = 0) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs (deltas). Raises ValueError before the first output for bad input.
+    async def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
+                     request_id: str | None = None, task: str = "general",
+                     priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Queue a request and return its stream of outputs (deltas) once the engine has accepted it.
 
-        Leaving the iteration early (a client disconnect, a timeout) aborts the request and frees
-        its KV blocks.
+        Raises ValueError for a prompt the engine cannot serve. Closing the stream early (a client
+        disconnect, a timeout) aborts the request and frees its KV blocks.
         """
         self._ensure_loop()
         request_id = request_id or uuid.uuid4().hex
@@ -55,9 +60,16 @@ class AsyncEngine:
         accepted = asyncio.get_running_loop().create_future()
         self._pending.append(("add", request_id, prompt, params, task, priority, queue, accepted))
         self._wakeup.set()
-        finished = False
         try:
             await accepted
+        except asyncio.CancelledError:
+            self.abort(request_id)
+            raise
+        return self._stream(request_id, queue)
+
+    async def _stream(self, request_id: str, queue: asyncio.Queue) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
             while not finished:
                 item = await queue.get()
                 if isinstance(item, BaseException):
@@ -67,6 +79,16 @@ class AsyncEngine:
         finally:
             if not finished:
                 self.abort(request_id)
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
+                       **kwargs) -> AsyncIterator[RequestOutput]:
+        """Submit and stream in one call: `async for out in engine.generate(prompt, params)`."""
+        stream = await self.submit(prompt, params, **kwargs)
+        try:
+            async for out in stream:
+                yield out
+        finally:
+            await stream.aclose()
 
     async def complete(self, prompt: str | list[int], params: SamplingParams | None = None,
                        **kwargs) -> RequestOutput:

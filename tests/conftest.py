@@ -15,7 +15,7 @@ def tiny_model_dir(tmp_path_factory):
     torch.manual_seed(0)
     cfg = transformers.Qwen3Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                   max_position_embeddings=512, tie_word_embeddings=True, eos_token_id=2)
+                                   max_position_embeddings=4096, tie_word_embeddings=True, eos_token_id=2)
     out = tmp_path_factory.mktemp("tiny-qwen3")
     transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
     source = embedded_model_dir()

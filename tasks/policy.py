@@ -1,0 +1,76 @@
+"""Per-task serving policy: which model, which priority class, how to prompt and how to decode.
+
+One table, overridable with a JSON file (`python -m api --policy FILE`), e.g.
+    {"infobench": {"model": "small", "sampling": {"temperature": 0.5}}, "mmlu_med": {"priority": 0}}
+The course clients send no decoding settings, so these defaults are what they get; a request's own
+sampling fields still win, except that `max_tokens` is capped by the policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+MODEL_CHOICES = ("large", "small", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPolicy:
+    model: str = "large"              # "large", "small", or "auto": small below `auto_small_below_chars`
+    auto_small_below_chars: int = 400
+    priority: int = 1                 # lower is served first; waiting requests age towards 0
+    max_tokens: int | None = None     # cap on what a request may ask for
+    chat_template: bool = False       # send the prompt as one user turn through the chat template
+    enable_thinking: bool | None = None  # passed to the chat template (Qwen3); None: template default
+    strip_thinking: bool = False      # return only what follows the model's <think>...</think>
+    sampling: dict = dataclasses.field(default_factory=dict)  # defaults for unset request fields
+
+    def __post_init__(self):
+        if self.model not in MODEL_CHOICES:
+            raise ValueError(f"model must be one of {MODEL_CHOICES}, got {self.model!r}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    def choose_model(self, prompt_text: str) -> str:
+        if self.model == "auto":
+            return "small" if len(prompt_text) < self.auto_small_below_chars else "large"
+        return self.model
+
+
+# Starting points, not tuned results: the evaluation issue measures and revises them.
+DEFAULT_POLICIES: dict[str, TaskPolicy] = {
+    # Short answers: served first, so the many quick requests are not stuck behind long ones.
+    "mmlu_med": TaskPolicy(model="large", priority=0, max_tokens=512, chat_template=True, enable_thinking=False,
+                           strip_thinking=True, sampling={"temperature": 0.0}),
+    "graph": TaskPolicy(model="large", priority=1, max_tokens=1024, chat_template=True, enable_thinking=False,
+                        strip_thinking=True, sampling={"temperature": 0.0}),
+    "infobench": TaskPolicy(model="auto", priority=2, max_tokens=1024, chat_template=True, enable_thinking=False,
+                            strip_thinking=True, sampling={"temperature": 0.7, "top_p": 0.8, "top_k": 20}),
+    # Anything else is continued raw, as the completions API means.
+    "general": TaskPolicy(model="large", priority=1),
+}
+
+
+def load_policies(path: str | Path | None = None) -> dict[str, TaskPolicy]:
+    """The default table, with the overrides of a JSON file applied field by field."""
+    policies = dict(DEFAULT_POLICIES)
+    if path is None:
+        return policies
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"policy file {path}: {e}") from e
+    if not isinstance(overrides, dict):
+        raise ValueError(f"policy file {path}: expected an object of task -> fields")
+    fields = {f.name for f in dataclasses.fields(TaskPolicy)}
+    for task, changes in overrides.items():
+        if task not in policies:
+            raise ValueError(f"policy file {path}: unknown task {task!r} (tasks: {sorted(policies)})")
+        if not isinstance(changes, dict) or not set(changes) <= fields:
+            raise ValueError(f"policy file {path}: {task}: fields must be among {sorted(fields)}")
+        try:
+            policies[task] = dataclasses.replace(policies[task], **changes)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"policy file {path}: {task}: {e}") from e
+    return policies
