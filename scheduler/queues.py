@@ -1,4 +1,4 @@
-"""Waiting requests in per-task FIFO queues, served by priority class with aging."""
+"""Waiting requests in per-task queues, served by priority class with aging."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from scheduler.sequence import Sequence
 
 
 class TaskQueues:
-    """One FIFO queue per task; the next sequence is the queue head with the best effective priority.
+    """One queue per task; the next sequence is the queue head with the best effective priority.
 
     effective priority = priority - waited_seconds / aging_seconds (lower is served first), so a
     sequence gains one priority class for every `aging_seconds` it waits and none starves. Among
-    equal effective priorities the earlier arrival wins. Within a task, order is arrival order.
+    equal effective priorities the earlier arrival wins. Since every waiting sequence ages at the
+    same rate, that order never changes with time: it is the order of priority + arrival_time /
+    aging_seconds, which keeps each queue sorted (arrival order within a priority class).
     """
 
     def __init__(self, aging_seconds: float = 30.0):
@@ -33,11 +35,14 @@ class TaskQueues:
     def depth_by_task(self) -> dict[str, int]:
         return {task: len(q) for task, q in self._queues.items()}
 
+    def _order(self, seq: Sequence) -> tuple:
+        return seq.priority + seq.arrival_time / self.aging_seconds, seq.arrival_time, seq.seq_id
+
     def push(self, seq: Sequence) -> None:
-        """Enqueue by arrival time, so a preempted sequence returns ahead of later arrivals."""
+        """Enqueue in service order, so a preempted sequence returns ahead of later arrivals of its class."""
         queue = self._queues[seq.task]
-        keys = [(s.arrival_time, s.seq_id) for s in queue]
-        queue.insert(bisect.bisect(keys, (seq.arrival_time, seq.seq_id)), seq)
+        keys = [self._order(s) for s in queue]
+        queue.insert(bisect.bisect(keys, self._order(seq)), seq)
         self._size += 1
 
     def effective_priority(self, seq: Sequence, now: float) -> float:
