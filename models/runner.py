@@ -9,6 +9,7 @@ import torch
 
 from kv_cache.cache_tensors import allocate_kv_cache
 from models.attention.metadata import AttentionMetadata
+from models.cuda_graphs import DecodeGraphs
 from models.decoder import DecoderModel
 from models.sampler import Sampler, SamplerOutput, SamplingRow
 
@@ -35,9 +36,19 @@ class ModelRunner:
         self.sampler = Sampler()
         self.eos_token_ids = tuple(eos_token_ids)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.decode_graphs: DecodeGraphs | None = None
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        self.kv_caches = allocate_kv_cache(self.model.cfg, num_blocks, self.block_size, self.kv_dtype, self.device)
+        """Allocate `num_blocks` blocks for the pool plus one scratch block (the last) nobody owns."""
+        self.kv_caches = allocate_kv_cache(self.model.cfg, num_blocks + 1, self.block_size, self.kv_dtype,
+                                          self.device)
+        self.scratch_block = num_blocks
+
+    def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
+        """Capture CUDA graphs for decode steps of up to `max_batch` sequences (CUDA only)."""
+        with self._stream_context():
+            self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, max_batch,
+                                              max_model_len, self.scratch_block)
 
     def profile_peak_memory(self, num_tokens: int, num_seqs: int) -> int:
         """Bytes of activation memory a worst-case step needs beyond the weights (CUDA only).
@@ -109,7 +120,11 @@ class ModelRunner:
         """Run the forward for one step and sample for every sequence that reached its last token."""
         with self._stream_context():
             input_ids, positions, meta, logits_rows = self.prepare(seqs, num_new_tokens)
-            hidden = self.model(input_ids, positions, self.kv_caches, meta)
+            if self.decode_graphs is not None and meta.num_decodes == len(seqs) and self.decode_graphs.can_run(len(seqs)):
+                hidden = self.decode_graphs.run(input_ids, positions, meta.slot_mapping, meta.seq_lens,
+                                                meta.block_tables)
+            else:
+                hidden = self.model(input_ids, positions, self.kv_caches, meta)
             sampled_seqs = [s for s, n in zip(seqs, num_new_tokens) if s.num_computed_tokens + n == s.num_tokens]
             if not sampled_seqs:
                 return StepResult([], SamplerOutput(torch.empty(0, dtype=torch.int64)))

@@ -39,6 +39,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     aging_seconds: float = 30.0
     attention_backend: str = "torch"
+    enforce_eager: bool = False          # CUDA: no decode graphs (they need a backend that supports them)
     seed: int = 0
 
     def resolved_device(self) -> torch.device:
@@ -73,9 +74,10 @@ class LLMEngine:
         self.config = config
         device, dtype = config.resolved_device(), config.resolved_dtype()
         self.device = device
+        backend = get_backend(config.attention_backend)
         self.model, self.model_config, self.tokenizer, max_len = load_model(
             config.model, load_format=config.load_format, dtype=dtype, device=device,
-            backend=get_backend(config.attention_backend), max_model_len=config.max_model_len, seed=config.seed)
+            backend=backend, max_model_len=config.max_model_len, seed=config.seed)
         eos = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
@@ -85,6 +87,8 @@ class LLMEngine:
         self.runner.allocate_kv_cache(num_blocks)
         # A single sequence must always fit in the pool, or it could only ever preempt itself.
         self.max_model_len = min(max_len, num_blocks * config.block_size)
+        if device.type == "cuda" and not config.enforce_eager and getattr(backend, "supports_cuda_graphs", False):
+            self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
         self.scheduler = Scheduler(
             SchedulerConfig(max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
                             max_model_len=self.max_model_len, block_size=config.block_size,

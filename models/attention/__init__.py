@@ -7,7 +7,12 @@ __all__ = ["AttentionMetadata", "TorchReferenceBackend", "get_backend"]
 
 
 def get_backend(name: str = "torch"):
-    """The attention backend called `name`; "torch" is the reference that runs everywhere."""
+    """The attention backend called `name`: "torch" is the reference that runs everywhere, "triton"
+    the GPU kernels (imported only when asked for, so installs without triton still import this package)."""
     if name == "torch":
         return TorchReferenceBackend()
-    raise ValueError(f"unknown attention backend {name!r}; available: torch")
+    if name == "triton":
+        from models.attention.triton_backend import TritonBackend
+
+        return TritonBackend()
+    raise ValueError(f"unknown attention backend {name!r}; available: torch, triton")

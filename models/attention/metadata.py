@@ -24,7 +24,8 @@ class AttentionMetadata:
     num_decodes: int                # leading sequences with exactly one query token
     max_query_len: int
     max_seq_len: int
-    # Host copies, so backends that loop over sequences never read the device.
+    # Host copies, so backends that loop over sequences never read the device. Under CUDA graphs
+    # the decode rows' host lengths are an upper bound (max_model_len), so launch shapes stay fixed.
     query_start_loc_cpu: list[int] = dataclasses.field(default_factory=list)
     seq_lens_cpu: list[int] = dataclasses.field(default_factory=list)
 

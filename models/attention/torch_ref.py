@@ -37,6 +37,7 @@ class TorchReferenceBackend:
     """
 
     name = "torch"
+    supports_cuda_graphs = False  # its decode gather is sized by the longest context: too big at max_model_len
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:

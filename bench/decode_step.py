@@ -1,0 +1,92 @@
+"""Decode-step efficiency on the GPU: bytes a decode step must read (weights + KV) per second of
+step time, against the card's measured copy bandwidth.
+
+    python -m bench.decode_step --model Qwen/Qwen3-0.6B --attention-backend triton --batch-sizes 1,64,256
+
+Every sequence has --context tokens already cached (random K/V: the cache content does not change
+the work). A step is the engine's real one: build inputs, forward, logits, greedy sampling, and the
+host copy of the sampled tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def copy_bandwidth(device, gib: float = 2.0) -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    n = int(gib * 2**30) // 2
+    src = torch.empty(n, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * src.numel() * 2 * 10 / (start.elapsed_time(end) / 1e3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="Qwen/Qwen3-0.6B")
+    ap.add_argument("--attention-backend", default="triton")
+    ap.add_argument("--batch-sizes", default="1,64,256")
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--iters", type=int, default=20)
+    args = ap.parse_args()
+
+    from models.sampler import SamplingParams
+    from scheduler.engine import EngineConfig, LLMEngine
+    from scheduler.sequence import Sequence
+
+    engine = LLMEngine(EngineConfig(model=args.model, load_format="dummy", attention_backend=args.attention_backend))
+    runner, cfg, device = engine.runner, engine.model_config, engine.device
+    for k, v in runner.kv_caches:
+        k.normal_()
+        v.normal_()
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    if cfg.tie_word_embeddings:  # the embedding is read once more, as the LM head
+        weight_bytes += engine.model.embed_tokens.weight.numel() * engine.model.embed_tokens.weight.element_size()
+    kv_token_bytes = cfg.kv_bytes_per_token(runner.kv_caches[0][0].element_size())
+    bandwidth = copy_bandwidth(device)
+    bs = engine.config.block_size
+    rows = []
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        blocks_per_seq = -(-(args.context + 1) // bs)
+        if batch * blocks_per_seq > engine.num_kv_blocks:
+            print(f"batch {batch}: needs {batch * blocks_per_seq} blocks, pool has {engine.num_kv_blocks}; skipped")
+            continue
+        seqs = []
+        for i in range(batch):
+            s = Sequence(seq_id=i, request_id=str(i), token_ids=[7] * (args.context + 1),
+                         num_prompt_tokens=args.context, params=SamplingParams(temperature=0), arrival_time=0.0)
+            s.block_table = list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
+            s.num_computed_tokens = args.context
+            seqs.append(s)
+        ones = [1] * batch
+        for _ in range(3):
+            runner.execute(seqs, ones)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(args.iters):
+            runner.execute(seqs, ones)
+        end.record()
+        torch.cuda.synchronize()
+        step = start.elapsed_time(end) / 1e3 / args.iters
+        moved = weight_bytes + batch * (args.context + 1) * kv_token_bytes
+        rows.append((batch, step * 1e3, moved / 1e9, moved / step / 1e12, moved / step / bandwidth, batch / step))
+    print(f"\n{args.model} (dummy, {engine.model.embed_tokens.weight.dtype}), backend {args.attention_backend}, "
+          f"context {args.context}, {torch.cuda.get_device_name()}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    print(f"{'batch':>6} {'step ms':>8} {'GB read':>8} {'TB/s':>6} {'of copy bw':>10} {'tok/s':>9}")
+    for batch, ms, gb, tbs, frac, tps in rows:
+        print(f"{batch:6d} {ms:8.2f} {gb:8.2f} {tbs:6.2f} {frac:10.1%} {tps:9.0f}")
+
+
+if __name__ == "__main__":
+    main()

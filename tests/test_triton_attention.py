@@ -1,0 +1,234 @@
+"""The Triton attention kernels and backend against the torch reference.
+
+On CUDA the kernels are compiled and a wide sweep runs; without CUDA they run under the Triton
+interpreter (TRITON_INTERPRET=1, set below before the kernels are defined) on small shapes. The
+interpreter computes tl.dot on bfloat16 over the raw bits (it stores bf16 as uint16, and documents
+bf16 arithmetic as unsupported), so on CPU the attention cases use fp16/fp32 and bf16 only the copy.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # triton reads this when @triton.jit decorates, i.e. when triton_kernels is first imported below.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+    import numpy as np
+
+    def _version(text):
+        return tuple(int(x) for x in text.split(".")[:2])
+
+    if _version(triton.__version__) < (3, 7) and _version(np.__version__) >= (2, 4):
+        # Before 3.7 the interpreter turns loop bounds into ints with int(1-element array), which numpy 2.4
+        # rejects (triton-lang/triton#9171); the compiled GPU path is unaffected.
+        pytest.skip("the Triton interpreter needs triton>=3.7 with numpy>=2.4", allow_module_level=True)
+
+from models.attention import get_backend  # noqa: E402
+from models.attention.metadata import AttentionMetadata  # noqa: E402
+from models.attention.torch_ref import TorchReferenceBackend, write_kv  # noqa: E402
+from models.attention.triton_kernels import (  # noqa: E402
+    decode_num_splits, paged_decode_attention, paged_prefill_attention, write_kv_cache)
+
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4}
+
+
+class Case:
+    """A random batch over a paged cache: sequence i has context specs[i][0], of which the last
+    specs[i][1] tokens are this step's queries; blocks are shuffled and block 0 is never used, so
+    the zero padding of the block tables points at garbage.
+
+    The cache for the kernels holds NaN in every slot outside the contexts (any stray read shows up);
+    `clean()` gives the same cache with zeros there, which the reference (it reads whole blocks) needs.
+    """
+
+    def __init__(self, specs, block_size, num_q_heads, num_kv_heads, head_dim, dtype, num_decodes=0, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        rand = lambda *shape: torch.randn(*shape, generator=gen).to(dtype)  # noqa: E731
+        blocks_per_seq = [triton.cdiv(ctx, block_size) for ctx, _ in specs]
+        max_blocks = max(blocks_per_seq) + 1  # a spare column of 0 padding in every table
+        num_blocks = sum(blocks_per_seq) + 3
+        ids = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
+        tables = torch.zeros(len(specs), max_blocks, dtype=torch.int32)
+        shape = (num_blocks, block_size, num_kv_heads, head_dim)
+        self.k_cache = torch.full(shape, float("nan"), dtype=dtype)
+        self.v_cache = torch.full(shape, float("nan"), dtype=dtype)
+        q, k, v, slots, starts = [], [], [], [], [0]
+        for i, ((ctx, q_len), nb) in enumerate(zip(specs, blocks_per_seq)):
+            tables[i, :nb] = torch.tensor([ids.pop() for _ in range(nb)], dtype=torch.int32)
+            pos = torch.arange(ctx)
+            seq_slots = tables[i, pos // block_size].long() * block_size + pos % block_size
+            seq_k, seq_v = rand(ctx, num_kv_heads, head_dim), rand(ctx, num_kv_heads, head_dim)
+            # The cached prefix is in the cache already; the new tokens' K/V come with the step.
+            write_kv(seq_k[: ctx - q_len], seq_v[: ctx - q_len], self.k_cache, self.v_cache,
+                     seq_slots[: ctx - q_len])
+            q.append(rand(q_len, num_q_heads, head_dim))
+            k.append(seq_k[ctx - q_len:])
+            v.append(seq_v[ctx - q_len:])
+            slots.append(seq_slots[ctx - q_len:])
+            starts.append(starts[-1] + q_len)
+        self.q, self.k, self.v = (torch.cat(x).to(DEVICE) for x in (q, k, v))
+        self.k_cache, self.v_cache = self.k_cache.to(DEVICE), self.v_cache.to(DEVICE)
+        seq_lens = [ctx for ctx, _ in specs]
+        self.meta = AttentionMetadata(
+            slot_mapping=torch.cat(slots).to(DEVICE), query_start_loc=torch.tensor(starts, dtype=torch.int32,
+                                                                                   device=DEVICE),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE), block_tables=tables.to(DEVICE),
+            num_decodes=num_decodes, max_query_len=max(q_len for _, q_len in specs), max_seq_len=max(seq_lens),
+            query_start_loc_cpu=starts, seq_lens_cpu=seq_lens)
+        self.scale = head_dim ** -0.5
+
+    def clean(self, cache):
+        return cache.nan_to_num(0.0)
+
+    def write_new_kv(self):
+        """Put this step's K/V into the cache, as the backend would before attending."""
+        write_kv(self.k, self.v, self.k_cache, self.v_cache, self.meta.slot_mapping)
+
+    def reference(self):
+        """The reference backend's output, on clean copies of the caches."""
+        return TorchReferenceBackend().forward(self.q, self.k, self.v, self.clean(self.k_cache),
+                                               self.clean(self.v_cache), self.meta, self.scale)
+
+
+def assert_close(out, ref, dtype):
+    assert not out.isnan().any(), "NaN in the output"
+    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    assert err <= TOL[dtype], f"relative error {err:.3g} > {TOL[dtype]}"
+
+
+def _decode_specs(batch, max_ctx, gen):
+    """Decode contexts: max_ctx (so splits happen), 1, a block-unaligned length, then random lengths."""
+    lens = [max_ctx, 1, 37] + torch.randint(1, max_ctx + 1, (max(batch - 3, 0),), generator=gen).tolist()
+    return [(n, 1) for n in lens[:batch]]
+
+
+# (batch, max context, block_size, Hq, Hkv, head_dim, dtype, forced num_splits or None for the heuristic)
+if ON_GPU:
+    DECODE_SWEEP = [
+        (b, ctx, bs, hq, hkv, d, dt, None)
+        for b, ctx in [(1, 8192), (4, 3000), (33, 1500), (128, 700)]
+        for bs in (8, 16, 32)
+        for hq, hkv in [(32, 8), (16, 16), (28, 4), (64, 8)]
+        for d in (64, 128)
+        for dt in (torch.bfloat16, torch.float16)
+    ] + [(3, 2000, 16, 8, 2, 128, torch.float32, None), (2, 5000, 16, 8, 1, 128, torch.bfloat16, 7)]
+else:
+    DECODE_SWEEP = [
+        (3, 300, 16, 4, 2, 64, torch.float16, None),  # heuristic: 2 splits
+        (2, 200, 8, 8, 1, 32, torch.float16, 3),
+        (3, 150, 32, 4, 4, 16, torch.float32, 1),
+        (2, 130, 16, 6, 2, 64, torch.float32, 2),  # group of 3 heads, padded to 16 dot rows
+        (5, 700, 32, 8, 2, 128, torch.float16, 5),  # short sequences leave trailing partitions empty
+    ]
+
+
+@pytest.mark.parametrize("batch,max_ctx,block_size,hq,hkv,head_dim,dtype,splits", DECODE_SWEEP)
+def test_decode_kernel(batch, max_ctx, block_size, hq, hkv, head_dim, dtype, splits):
+    gen = torch.Generator().manual_seed(batch * max_ctx)
+    specs = _decode_specs(batch, max_ctx, gen)
+    case = Case(specs, block_size, hq, hkv, head_dim, dtype, num_decodes=batch)
+    ref = case.reference()
+    case.write_new_kv()
+    out = torch.full_like(case.q, float("nan"))
+    meta = case.meta
+    paged_decode_attention(case.q, case.k_cache, case.v_cache, meta.block_tables, meta.seq_lens, case.scale, out,
+                           num_splits=splits)
+    assert_close(out, ref, dtype)
+
+
+def test_split_heuristic():
+    assert decode_num_splits(256, 8, 4096, 132) == 1          # a big batch fills the GPU by itself
+    assert decode_num_splits(1, 8, 4096, 132) == 16           # one long sequence: 256-token partitions
+    assert decode_num_splits(1, 8, 100, 132) == 1             # too short to be worth splitting
+    assert decode_num_splits(1, 1, 1 << 20, 132) == 64        # capped scratch
+
+
+if ON_GPU:
+    PREFILL_SWEEP = [
+        (specs, bs, hq, hkv, d, dt)
+        for specs in [
+            [(1, 1)], [(2048, 2048)], [(1000, 1000), (77, 77), (3000, 512)],
+            [(4097, 1), (600, 300), (129, 64), (65, 65)],
+        ]
+        for bs in (8, 16, 32)
+        for hq, hkv in [(32, 8), (12, 12), (28, 4)]
+        for d in (64, 128)
+        for dt in (torch.bfloat16, torch.float16)
+    ] + [([(700, 700), (300, 100)], 16, 8, 2, 128, torch.float32)]
+else:
+    PREFILL_SWEEP = [
+        ([(1, 1), (70, 70), (150, 37)], 16, 4, 2, 32, torch.float16),   # fresh prompts and a cached prefix
+        ([(129, 64), (65, 1)], 8, 2, 1, 64, torch.float16),              # chunk ends mid-tile; 1-token chunk
+        ([(100, 100), (200, 90)], 32, 4, 4, 16, torch.float32),
+        ([(260, 200), (33, 33)], 16, 8, 2, 128, torch.float32),          # 4 query tiles after a 60-token prefix
+    ]
+
+
+@pytest.mark.parametrize("specs,block_size,hq,hkv,head_dim,dtype", PREFILL_SWEEP)
+def test_prefill_kernel(specs, block_size, hq, hkv, head_dim, dtype):
+    case = Case(specs, block_size, hq, hkv, head_dim, dtype)
+    ref = case.reference()
+    case.write_new_kv()
+    out = torch.full_like(case.q, float("nan"))
+    meta = case.meta
+    paged_prefill_attention(case.q, case.k_cache, case.v_cache, meta.block_tables, meta.query_start_loc,
+                            meta.seq_lens, case.scale, out)
+    assert_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype,num_kv_heads", [(torch.bfloat16, 3), (torch.float32, 1), (torch.float16, 8)])
+def test_write_kv_cache(dtype, num_kv_heads):
+    case = Case([(40, 40), (30, 7), (9, 1)], 8, num_kv_heads, num_kv_heads, 32, dtype)  # 3 heads: padded to 4
+    expected_k, expected_v = case.k_cache.clone(), case.v_cache.clone()
+    write_kv(case.k, case.v, expected_k, expected_v, case.meta.slot_mapping)
+    write_kv_cache(case.k, case.v, case.k_cache, case.v_cache, case.meta.slot_mapping)
+    assert torch.equal(case.k_cache.nan_to_num(-1.0), expected_k.nan_to_num(-1.0))
+    assert torch.equal(case.v_cache.nan_to_num(-1.0), expected_v.nan_to_num(-1.0))
+
+
+if ON_GPU:
+    BACKEND_SWEEP = [
+        (specs, nd, bs, hq, hkv, d, dt)
+        for specs, nd in [
+            ([(5000, 1), (1, 1), (333, 1), (2000, 2000), (900, 257)], 3),
+            ([(n, 1) for n in range(1, 4000, 97)], 42),
+            ([(4096, 4096)], 0),
+        ]
+        for bs in (16, 32)
+        for hq, hkv in [(32, 8), (16, 2)]
+        for d in (64, 128)
+        for dt in (torch.bfloat16, torch.float16)
+    ]
+else:
+    BACKEND_SWEEP = [
+        ([(300, 1), (1, 1), (45, 1), (80, 80), (130, 33)], 3, 16, 4, 2, 32, torch.float16),
+        ([(17, 1), (50, 2), (5, 5)], 1, 8, 2, 2, 16, torch.float32),
+    ]
+
+
+@pytest.mark.parametrize("specs,num_decodes,block_size,hq,hkv,head_dim,dtype", BACKEND_SWEEP)
+def test_backend_mixed_batch(specs, num_decodes, block_size, hq, hkv, head_dim, dtype):
+    case = Case(specs, block_size, hq, hkv, head_dim, dtype, num_decodes=num_decodes)
+    ref = case.reference()
+    out = get_backend("triton").forward(case.q, case.k, case.v, case.k_cache, case.v_cache, case.meta, case.scale)
+    assert_close(out, ref, dtype)
+    # The step's K/V landed in the cache: every context slot now holds data.
+    slots = case.meta.slot_mapping
+    assert torch.equal(case.k_cache.flatten(0, 1)[slots], case.k)
+    assert torch.equal(case.v_cache.flatten(0, 1)[slots], case.v)
+
+
+def test_rejects_unsupported_head_dim():
+    case = Case([(10, 10)], 16, 2, 1, 48, torch.float32)
+    with pytest.raises(AssertionError, match="power of two"):
+        paged_prefill_attention(case.q, case.k_cache, case.v_cache, case.meta.block_tables,
+                                case.meta.query_start_loc, case.meta.seq_lens, case.scale, torch.empty_like(case.q))
