@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,64,256")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step per batch size")
     args = ap.parse_args()
 
     from models.sampler import SamplingParams
@@ -79,6 +80,12 @@ def main() -> None:
         end.record()
         torch.cuda.synchronize()
         step = start.elapsed_time(end) / 1e3 / args.iters
+        if args.profile:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    runner.execute(seqs, ones)
+            print(f"--- batch {batch}\n" + prof.key_averages().table(sort_by="cpu_time_total", row_limit=18))
         moved = weight_bytes + batch * (args.context + 1) * kv_token_bytes
         rows.append((batch, step * 1e3, moved / 1e9, moved / step / 1e12, moved / step / bandwidth, batch / step))
     print(f"\n{args.model} (dummy, {engine.model.embed_tokens.weight.dtype}), backend {args.attention_backend}, "

@@ -139,6 +139,11 @@ def build_hf(args, engine):
         str(resolve_model_dir(args.model)), dtype=dtype).to(engine.device).eval()
 
 
+def _report(name: str, result) -> None:
+    seconds, produced, _ = result
+    print(f"{name}: {produced} tokens in {seconds:.2f} s = {produced / seconds:.1f} tok/s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded")
@@ -164,10 +169,12 @@ def main() -> None:
     requests = make_requests(args, engine.model_config.vocab_size)
     results = {"switchyard": run_switchyard(llm, requests)}
     ours = results["switchyard"][2]
+    _report("switchyard", results["switchyard"])
     hf_requests = requests[:args.hf_subset] if args.hf_subset else requests
     modes = [m for m in args.hf.split(",") if m and m != "none"]
     if modes:
         hf = build_hf(args, engine)
+        engine.runner.release()  # HF needs the memory our KV cache held
         pad_id = 0
         for mode in modes:
             if mode == "batch":
@@ -179,6 +186,7 @@ def main() -> None:
                 results["hf generate_batch"] = run_hf_generate_batch(hf, hf_requests)
             else:
                 raise SystemExit(f"unknown --hf mode {mode!r}")
+            _report(*list(results.items())[-1])
 
     device = torch.cuda.get_device_name() if engine.device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"\n{args.model} ({args.load_format}), workload {args.workload}, {len(requests)} requests "

@@ -50,30 +50,44 @@ class ModelRunner:
             self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, max_batch,
                                               max_model_len, self.scratch_block)
 
-    def profile_peak_memory(self, num_tokens: int, num_seqs: int) -> int:
+    def profile_peak_memory(self, num_tokens: int, num_seqs: int, max_model_len: int) -> int:
         """Bytes of activation memory a worst-case step needs beyond the weights (CUDA only).
 
-        Runs one prefill of `num_tokens` tokens into a throwaway cache and samples `num_seqs` rows.
+        Runs one prefill of `num_tokens` tokens (in sequences no longer than `max_model_len`) into a
+        throwaway cache and samples `num_seqs` rows.
         """
         from scheduler.sequence import Sequence
         from models.sampler import SamplingParams
-        num_blocks = -(-num_tokens // self.block_size)
-        self.allocate_kv_cache(num_blocks)
+        lengths = [min(max_model_len, num_tokens - start) for start in range(0, num_tokens, max_model_len)]
+        blocks_per_seq = [-(-n // self.block_size) for n in lengths]
+        self.allocate_kv_cache(sum(blocks_per_seq))
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        seq = Sequence(seq_id=-1, request_id="profile", token_ids=[0] * num_tokens, num_prompt_tokens=num_tokens,
-                       params=SamplingParams(temperature=1.0, top_p=0.9), arrival_time=0.0)
-        seq.block_table = list(range(num_blocks))
-        self.execute([seq], [num_tokens])
+        params = SamplingParams(temperature=1.0, top_p=0.9)
+        seqs, first_block = [], 0
+        for i, (n, nb) in enumerate(zip(lengths, blocks_per_seq)):
+            seq = Sequence(seq_id=-1 - i, request_id="profile", token_ids=[0] * n, num_prompt_tokens=n,
+                           params=params, arrival_time=0.0)
+            seq.block_table = list(range(first_block, first_block + nb))
+            first_block += nb
+            seqs.append(seq)
+        self.execute(seqs, lengths)
         with torch.inference_mode():
             logits = torch.zeros(num_seqs, self.model.cfg.vocab_size, device=self.device)
-            self.sampler(logits, [self.sampling_row(seq)] * num_seqs)
+            self.sampler(logits, [self.sampling_row(seqs[0])] * num_seqs)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - before
         self.kv_caches = []
         torch.cuda.empty_cache()
         return peak
+
+    def release(self) -> None:
+        """Give the KV cache and the graphs' memory back (e.g. before another model loads)."""
+        self.kv_caches = []
+        self.decode_graphs = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _stream_context(self):
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()

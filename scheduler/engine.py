@@ -10,6 +10,7 @@ import torch
 
 from kv_cache.cache_tensors import num_blocks_for_budget
 from models.attention import get_backend
+from models.decoder import compile_small_ops
 from models.loader import load_model
 from models.runner import ModelRunner
 from models.sampler import SamplingParams
@@ -83,12 +84,14 @@ class LLMEngine:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(eos)
         self.runner = ModelRunner(self.model, config.block_size, dtype, device, sorted(eos))
-        num_blocks = self._num_kv_blocks(dtype)
+        num_blocks = self._num_kv_blocks(dtype, max_len)
         self.runner.allocate_kv_cache(num_blocks)
         # A single sequence must always fit in the pool, or it could only ever preempt itself.
         self.max_model_len = min(max_len, num_blocks * config.block_size)
-        if device.type == "cuda" and not config.enforce_eager and getattr(backend, "supports_cuda_graphs", False):
-            self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
+        if device.type == "cuda" and not config.enforce_eager:
+            compile_small_ops()
+            if getattr(backend, "supports_cuda_graphs", False):
+                self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
         self.scheduler = Scheduler(
             SchedulerConfig(max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
                             max_model_len=self.max_model_len, block_size=config.block_size,
@@ -97,14 +100,14 @@ class LLMEngine:
         self._requests: dict[str, _RequestState] = {}
         self._seq_ids = itertools.count()
 
-    def _num_kv_blocks(self, dtype: torch.dtype) -> int:
+    def _num_kv_blocks(self, dtype: torch.dtype, max_len: int) -> int:
         cfg = self.config
         if cfg.num_kv_blocks is not None:
             return cfg.num_kv_blocks
         if cfg.kv_cache_gib is not None or self.device.type != "cuda":
             budget = (cfg.kv_cache_gib or 1.0) * 2**30
         else:
-            peak = self.runner.profile_peak_memory(cfg.max_num_batched_tokens, cfg.max_num_seqs)
+            peak = self.runner.profile_peak_memory(cfg.max_num_batched_tokens, cfg.max_num_seqs, max_len)
             free, total = torch.cuda.mem_get_info(self.device)
             budget = total * cfg.gpu_memory_utilization - (total - free) - peak
         blocks = num_blocks_for_budget(self.model_config, cfg.block_size, dtype, int(budget))

@@ -6,12 +6,11 @@ import pytest
 import torch
 import transformers
 
-from models.embedded import embedded_model_dir
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer random Qwen3 with SmolLM2's vocabulary size, tokenizer and chat template."""
+    from models.embedded import embedded_model_dir  # imported here: GPU machines lack the embedded model
     torch.manual_seed(0)
     cfg = transformers.Qwen3Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,

@@ -10,6 +10,19 @@ from scheduler.llm import LLM
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+@pytest.fixture(scope="module")
+def tiny_ids_model_dir(tmp_path_factory):
+    """A 2-layer random Qwen3 without a tokenizer: prompts are token ids."""
+    import transformers
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3Config(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                   num_attention_heads=8, num_key_value_heads=2, head_dim=64,
+                                   max_position_embeddings=2048, tie_word_embeddings=True)
+    out = tmp_path_factory.mktemp("tiny-ids")
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    return out
+
+
 def _prompts(n, vocab, seed=0):
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(5, 300, (n,), generator=gen).tolist()
@@ -21,10 +34,10 @@ def _tokens(llm, prompts, max_tokens=48):
     return [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
 
 
-def test_triton_and_graphs_equal_reference_fp32(tiny_model_dir):
+def test_triton_and_graphs_equal_reference_fp32(tiny_ids_model_dir):
     prompts = _prompts(24, 49152)
-    ref = _tokens(LLM(str(tiny_model_dir), dtype="float32", attention_backend="torch"), prompts)
-    fast = LLM(str(tiny_model_dir), dtype="float32", attention_backend="triton", max_num_seqs=32)
+    ref = _tokens(LLM(str(tiny_ids_model_dir), dtype="float32", attention_backend="torch"), prompts)
+    fast = LLM(str(tiny_ids_model_dir), dtype="float32", attention_backend="triton", max_num_seqs=32)
     assert fast.engine.runner.decode_graphs is not None
     assert _tokens(fast, prompts) == ref
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from models.attention.metadata import AttentionMetadata
 
@@ -15,25 +16,24 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     v_cache.view(num_slots, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """q [B, Q, Hq, D], k/v [B, L, Hkv, D], mask [B, Q, L] (True = visible) -> [B, Q, Hq, D].
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """q [B, Q, Hq, D], k/v [B, L, Hkv, D], mask [B, Q, L] (True = visible; None = causal) -> [B, Q, Hq, D].
 
-    Query heads are grouped over their shared KV head (GQA) instead of repeating K/V.
+    torch's fused SDPA groups the query heads over their shared KV head (GQA) itself.
     """
-    b, nq, hq, d = q.shape
-    hkv = k.shape[2]
-    qg = q.view(b, nq, hkv, hq // hkv, d)
-    scores = torch.einsum("bqhgd,blhd->bhgql", qg.float(), k.float()) * scale
-    scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.einsum("bhgql,blhd->bqhgd", probs, v.float())
-    return out.reshape(b, nq, hq, d).to(q.dtype)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=None if mask is None else mask[:, None],
+                                         is_causal=mask is None, scale=scale, enable_gqa=True)
+    return out.transpose(1, 2)
+
+
+_DECODE_GROUP = 8
 
 
 class TorchReferenceBackend:
     """Gathers each sequence's context from its blocks and runs masked softmax attention.
 
-    Decodes are batched into one padded gather; prefills (few per step) are handled one by one.
+    Decodes are batched in padded groups; prefills (few per step) are handled one by one.
     """
 
     name = "torch"
@@ -46,20 +46,29 @@ class TorchReferenceBackend:
         block_size = k_cache.shape[1]
         out = torch.empty_like(q)
         nd = meta.num_decodes
-        if nd:
-            max_blocks = (max(meta.seq_lens_cpu[:nd]) + block_size - 1) // block_size
-            tables = meta.block_tables[:nd, :max_blocks]
-            kc = k_cache[tables].flatten(1, 2)  # [nd, max_blocks * block_size, Hkv, D]
+        # Decodes are gathered in groups of similar context length, so padding to the longest
+        # context of a group wastes little copying; each group is one batched attention call.
+        lens = meta.seq_lens_cpu[:nd]
+        order = sorted(range(nd), key=lens.__getitem__)
+        for g in range(0, nd, _DECODE_GROUP):
+            rows = order[g:g + _DECODE_GROUP]
+            idx = torch.tensor(rows, device=q.device)
+            max_blocks = (lens[rows[-1]] + block_size - 1) // block_size
+            tables = meta.block_tables[idx, :max_blocks]
+            kc = k_cache[tables].flatten(1, 2)  # [rows, max_blocks * block_size, Hkv, D]
             vc = v_cache[tables].flatten(1, 2)
-            visible = torch.arange(kc.shape[1], device=q.device)[None, :] < meta.seq_lens[:nd, None]
-            out[:nd] = _attend(q[:nd, None], kc, vc, visible[:, None, :], scale)[:, 0]
+            visible = torch.arange(kc.shape[1], device=q.device)[None, :] < meta.seq_lens[idx, None]
+            out[idx] = _attend(q[idx, None], kc, vc, visible[:, None, :], scale)[:, 0]
         for i in range(nd, meta.num_seqs):
             start, end = meta.query_start_loc_cpu[i], meta.query_start_loc_cpu[i + 1]
             ctx = meta.seq_lens_cpu[i]
+            nq = end - start
+            if nq == ctx:  # a whole prompt: its own new K/V are the context, causal attention
+                out[start:end] = _attend(q[None, start:end], k[None, start:end], v[None, start:end], None, scale)[0]
+                continue
             blocks = meta.block_tables[i, : (ctx + block_size - 1) // block_size]
             kc = k_cache[blocks].flatten(0, 1)[:ctx]
             vc = v_cache[blocks].flatten(0, 1)[:ctx]
-            nq = end - start
             # Query j sits at position ctx - nq + j and sees every key up to and including itself.
             q_pos = torch.arange(ctx - nq, ctx, device=q.device)
             visible = torch.arange(ctx, device=q.device)[None, :] <= q_pos[:, None]
