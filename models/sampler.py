@@ -24,6 +24,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None      # None: no logprobs; k: the sampled token's plus the top k
     skip_special_tokens: bool = True
+    allowed_token_ids: list[int] | None = None  # constrain every sampled token to this set
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -44,6 +45,9 @@ class SamplingParams:
              f"logprobs must be an integer in [0, 20], got {self.logprobs!r}"),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
             (all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids must be token ids"),
+            (self.allowed_token_ids is None or (len(self.allowed_token_ids) > 0 and all(
+                isinstance(t, int) and t >= 0 for t in self.allowed_token_ids)),
+             "allowed_token_ids must be a non-empty list of token ids"),
         ]
         for ok, message in checks:
             if not ok:
@@ -105,6 +109,10 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         device = logits.device
         for i, row in enumerate(rows):
+            if row.params.allowed_token_ids is not None:
+                keep = torch.full_like(logits[i], float("-inf"))
+                keep[row.params.allowed_token_ids] = 0.0
+                logits[i] += keep
             if row.banned_token_ids:
                 logits[i, list(row.banned_token_ids)] = float("-inf")
         out = SamplerOutput(token_ids=logits.argmax(dim=-1))

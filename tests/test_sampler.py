@@ -112,3 +112,13 @@ def test_min_tokens_bans_stop_tokens_and_logprobs_are_consistent():
 def test_bad_sampling_params_are_rejected(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+def test_allowed_token_ids_constrain_sampling():
+    logits = torch.randn(4, 50)
+    allowed = [3, 7, 11]
+    rows = [SamplingRow(SamplingParams(temperature=t, allowed_token_ids=allowed, seed=i), i, 0)
+            for i, t in enumerate([0, 0.5, 1.0, 2.0])]
+    out = Sampler()(logits.clone(), rows)
+    assert set(out.token_ids.tolist()) <= set(allowed)
+    assert out.token_ids[0] == max(allowed, key=lambda t: logits[0, t])
