@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=4096)
     ap.add_argument("--no-prefix-caching", action="store_true")
+    ap.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"],
+                    help="auto: Triton kernels on CUDA when triton is installed, else the torch reference")
+    ap.add_argument("--enforce-eager", action="store_true", help="CUDA: no CUDA graphs, no torch.compile")
     ap.add_argument("--policy", help="JSON file overriding the per-task policy (see tasks/policy.py)")
     ap.add_argument("--api-key", default=os.environ.get("SWITCHYARD_API_KEY"),
                     help="require 'Authorization: Bearer KEY' (default: $SWITCHYARD_API_KEY)")
@@ -63,7 +66,8 @@ def build_service(args: argparse.Namespace):
                             gpu_memory_utilization=utilization, kv_cache_gib=args.kv_cache_gib,
                             max_model_len=args.max_model_len, block_size=args.block_size,
                             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                            enable_prefix_caching=not args.no_prefix_caching)
+                            enable_prefix_caching=not args.no_prefix_caching,
+                            attention_backend=args.attention_backend, enforce_eager=args.enforce_eager)
 
     policies = load_policies(args.policy)
     shared_gpu = args.small_device in (None, args.device)

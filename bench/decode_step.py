@@ -34,7 +34,7 @@ def copy_bandwidth(device, gib: float = 2.0) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="Qwen/Qwen3-0.6B")
-    ap.add_argument("--attention-backend", default="triton")
+    ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--batch-sizes", default="1,64,256")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--iters", type=int, default=20)

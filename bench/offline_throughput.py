@@ -148,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
-    ap.add_argument("--attention-backend", default="torch")
+    ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--workload", default="mixed", choices=["mixed", "nanovllm"])
     ap.add_argument("--num-prompts", type=int, default=32)
     ap.add_argument("--min-len", type=int, default=16)

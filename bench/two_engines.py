@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--small", default="Qwen/Qwen3-0.6B")
     ap.add_argument("--large-device", default="cuda:0")
     ap.add_argument("--small-device", default="cuda:0")
-    ap.add_argument("--attention-backend", default="triton")
+    ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--num-prompts", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=256)
     args = ap.parse_args()

@@ -39,7 +39,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 4096
     enable_prefix_caching: bool = True
     aging_seconds: float = 30.0
-    attention_backend: str = "torch"
+    attention_backend: str = "auto"      # "triton" on CUDA when installed, else the torch reference
     enforce_eager: bool = False          # CUDA: no decode graphs (they need a backend that supports them)
     seed: int = 0
 
@@ -75,7 +75,7 @@ class LLMEngine:
         self.config = config
         device, dtype = config.resolved_device(), config.resolved_dtype()
         self.device = device
-        backend = get_backend(config.attention_backend)
+        backend = get_backend(config.attention_backend, device.type)
         self.model, self.model_config, self.tokenizer, max_len = load_model(
             config.model, load_format=config.load_format, dtype=dtype, device=device,
             backend=backend, max_model_len=config.max_model_len, seed=config.seed)

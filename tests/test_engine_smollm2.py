@@ -110,10 +110,11 @@ def test_prefix_cache_hits_keep_outputs(model_dir, prompts, reference):
 
 
 def test_seeded_sampling_ignores_batch_composition(model_dir, prompts):
-    engine = LLMEngine(EngineConfig(model=str(model_dir), block_size=8, num_kv_blocks=16))
+    # 12 blocks of 8 hold the longest request alone (10 blocks) but never all three at once.
+    engine = LLMEngine(EngineConfig(model=str(model_dir), block_size=8, num_kv_blocks=12))
     seeded = SamplingParams(temperature=0.9, top_p=0.9, max_tokens=MAX_NEW, seed=1234, ignore_eos=True)
     alone = _run(engine, [prompts[0]], seeded)[0].token_ids
-    others = SamplingParams(temperature=1.0, max_tokens=MAX_NEW)
+    others = SamplingParams(temperature=1.0, max_tokens=MAX_NEW, ignore_eos=True)
     engine.add_request("a", prompts[3], others)
     engine.add_request("b", prompts[7], others)
     mixed = _run(engine, [prompts[0]], seeded, stagger=0)[0].token_ids  # other requests share the batch
