@@ -1,10 +1,17 @@
 """Shared fixtures: a tiny random model directory that loads in a blink but has a real tokenizer."""
 
+import os
 import shutil
 
 import pytest
 import torch
-import transformers
+
+if not torch.cuda.is_available():
+    # Triton must know it is interpreting before anything imports it (transformers may, indirectly),
+    # or the kernel tests fail with "Cannot call @triton.jit'd outside of the scope of a kernel".
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import transformers  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The Triton attention kernels and backend against the torch reference.
 
 On CUDA the kernels are compiled and a wide sweep runs; without CUDA they run under the Triton
-interpreter (TRITON_INTERPRET=1, set below before the kernels are defined) on small shapes. The
+interpreter (TRITON_INTERPRET=1, set by conftest.py before anything imports triton) on small shapes. The
 interpreter computes tl.dot on bfloat16 over the raw bits (it stores bf16 as uint16, and documents
 bf16 arithmetic as unsupported), so on CPU the attention cases use fp16/fp32 and bf16 only the copy.
 """
@@ -10,10 +10,6 @@ import os
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    # triton reads this when @triton.jit decorates, i.e. when triton_kernels is first imported below.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 triton = pytest.importorskip("triton")
 
