@@ -15,6 +15,8 @@ from api.metrics import Metrics
 from api.protocol import GenerationRequest
 from models.sampler import SamplingParams
 from scheduler.async_engine import AsyncEngine
+from tasks import answer_format, graph_verifier
+from tasks.length_budget import length_budget
 from tasks.policy import TaskPolicy
 from tasks.router import classify
 from tasks.thinking import ThinkingFilter
@@ -35,6 +37,8 @@ class PromptPlan:
     params: SamplingParams
     priority: int
     strip_thinking: bool
+    policy: TaskPolicy
+    samples: int = 1          # engine candidates per returned choice (best-of-n)
     prompt_tokens: int = 0
 
 
@@ -49,6 +53,7 @@ class ChoiceState:
     logprobs: list = dataclasses.field(default_factory=list)
     finish_reason: str | None = None
     filter: ThinkingFilter | None = None
+    generated: int = 0        # tokens generated for this choice: its candidates' and any enforced answer
 
 
 class CompletionService:
@@ -98,21 +103,26 @@ class CompletionService:
                     messages = prompt if req.chat else [{"role": "user", "content": prompt}]
                     engine_prompt = tokenizer.apply_chat_template(
                         messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
+            # A streamed answer is sent as it is generated, so it cannot be picked among candidates.
+            samples = policy.best_of if not req.stream else 1
             plans.append(PromptPlan(i, prompt, task, role, engine, engine_prompt,
-                                    self._params(req, policy), req.priority if req.priority is not None
-                                    else policy.priority, policy.strip_thinking))
+                                    self._params(req, policy, text, samples), req.priority if req.priority is not None
+                                    else policy.priority, policy.strip_thinking, policy, samples))
         return plans
 
     @staticmethod
-    def _params(req: GenerationRequest, policy: TaskPolicy) -> SamplingParams:
-        fields = {**policy.sampling, **req.sampling}
+    def _params(req: GenerationRequest, policy: TaskPolicy, text: str, samples: int) -> SamplingParams:
+        candidates = {"temperature": policy.best_of_temperature} if samples > 1 else {}
+        fields = {**policy.sampling, **candidates, **req.sampling}
         max_tokens = fields.get("max_tokens", policy.max_tokens or DEFAULT_MAX_TOKENS)
         if policy.max_tokens is not None:
             max_tokens = min(max_tokens, policy.max_tokens)
+        if policy.length_from_instruction:
+            max_tokens = min(max_tokens, length_budget(text) or max_tokens)
         fields["max_tokens"] = max_tokens
         fields["min_tokens"] = min(fields.get("min_tokens", 0), max_tokens)
         try:
-            return SamplingParams(n=req.n, logprobs=req.logprobs, **fields)
+            return SamplingParams(n=req.n * samples, logprobs=req.logprobs, **fields)
         except (TypeError, ValueError) as e:
             raise bad_request(str(e)) from e
 
@@ -145,9 +155,11 @@ class CompletionService:
             raise error
         return results
 
-    def _choices(self, plans: list[PromptPlan], n: int) -> list[ChoiceState]:
-        return [ChoiceState(plan.index * n + j, plan, filter=ThinkingFilter() if plan.strip_thinking else None)
-                for plan in plans for j in range(n)]
+    def _choices(self, plans: list[PromptPlan], n: int) -> list[list[ChoiceState]]:
+        """Per plan, its engine candidates: `samples` of them for each returned choice, in order."""
+        return [[ChoiceState(plan.index * n + j // plan.samples, plan,
+                             filter=ThinkingFilter() if plan.strip_thinking else None)
+                 for j in range(n * plan.samples)] for plan in plans]
 
     def _apply(self, choice: ChoiceState, delta, tokenizer) -> str:
         """Fold one engine delta into a choice; returns the new text to show."""
@@ -163,7 +175,7 @@ class CompletionService:
         choice.finish_reason = delta.finish_reason or choice.finish_reason
         return text
 
-    async def _pump(self, stream, choices: list[ChoiceState], n: int, plan: PromptPlan, sink) -> None:
+    async def _pump(self, stream, candidates: list[ChoiceState], plan: PromptPlan, sink) -> None:
         """Consume one prompt's engine stream, handing (choice, new text, delta) to `sink`."""
         arrival = time.monotonic()
         first = None
@@ -171,11 +183,11 @@ class CompletionService:
         async for out in stream:
             prompt_tokens = len(out.prompt_token_ids)
             for delta in out.outputs:
-                choice = choices[plan.index * n + delta.index]
+                choice = candidates[delta.index]
                 if first is None and delta.token_ids:
                     first = time.monotonic()
                 await sink(choice, self._apply(choice, delta, plan.engine.engine.tokenizer), delta)
-        produced = sum(len(c.token_ids) for c in choices[plan.index * n:(plan.index + 1) * n])
+        produced = sum(len(c.token_ids) for c in candidates)
         self.metrics.record_completion(plan.task, prompt_tokens, produced, arrival, first, time.monotonic())
         plan.prompt_tokens = prompt_tokens
 
@@ -187,16 +199,53 @@ class CompletionService:
         request_id = uuid.uuid4().hex
         try:
             streams = await self._submit_all(plans, request_id)
-            choices = self._choices(plans, req.n)
+            candidates = self._choices(plans, req.n)
 
             async def sink(choice, text, delta):
                 pass
 
-            work = asyncio.gather(*(self._pump(s, choices, req.n, p, sink) for s, p in zip(streams, plans)))
-            await self._await_or_abort(work, is_disconnected)
+            async def serve(stream, plan):
+                await self._pump(stream, candidates[plan.index], plan, sink)
+                return await self._finish(plan, candidates[plan.index], request_id)
+
+            work = asyncio.gather(*(serve(s, p) for s, p in zip(streams, plans)))
+            chosen = await self._await_or_abort(work, is_disconnected)
         finally:
             self.in_flight -= count
+        choices = [c for plan_choices in chosen for c in plan_choices]
         return self._response(req, plans, choices, request_id, time.monotonic() - start)
+
+    # ---- task-aware answers (whole responses) ------------------------------------------------
+
+    async def _finish(self, plan: PromptPlan, candidates: list[ChoiceState], request_id: str) -> list[ChoiceState]:
+        """The returned choices of one prompt: the best of each group of candidates, its answer fixed up.
+
+        Every candidate's tokens stay counted in `completion_tokens` of the chosen one, so usage
+        reports what was generated.
+        """
+        policy, prompt = plan.policy, plan.original if isinstance(plan.original, str) else ""
+        chosen = []
+        for start in range(0, len(candidates), plan.samples):
+            group = candidates[start:start + plan.samples]
+            best = group[graph_verifier.pick_best(prompt, [c.text for c in group])] if len(group) > 1 else group[0]
+            best.generated = sum(len(c.token_ids) for c in group)
+            if policy.verify_graph_paths:
+                best.text = graph_verifier.rewrite(prompt, best.text)
+            if (policy.enforce_answer_format and isinstance(plan.engine_prompt, str)
+                    and plan.engine.engine.tokenizer is not None and answer_format.needs_answer(best.text)):
+                await self._enforce_answer(plan, best, f"{request_id}-{plan.index}-answer{start}")
+            chosen.append(best)
+        return chosen
+
+    async def _enforce_answer(self, plan: PromptPlan, choice: ChoiceState, request_id: str) -> None:
+        """Let the model pick one option letter after "The answer is (" and append the sentence."""
+        letter_ids = answer_format.letter_token_ids(plan.engine.engine.tokenizer)
+        params = SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=letter_ids)
+        out = await plan.engine.complete(answer_format.continuation_prompt(plan.engine_prompt, choice.text),
+                                         params, request_id=request_id, task=plan.task, priority=plan.priority)
+        letter = answer_format.LETTERS[letter_ids.index(out.outputs[0].token_ids[0])]
+        choice.text = answer_format.with_answer(choice.text, letter)
+        choice.generated += 1
 
     async def _await_or_abort(self, work: asyncio.Future, is_disconnected) -> None:
         """Wait for the engines, but give up (aborting every prompt) on disconnect or timeout."""
@@ -220,7 +269,7 @@ class CompletionService:
 
     def _response(self, req, plans, choices, request_id, elapsed) -> dict:
         prompt_tokens = sum(p.prompt_tokens for p in plans)
-        completion_tokens = sum(len(c.token_ids) for c in choices)
+        completion_tokens = sum(c.generated for c in choices)
         body = {
             "id": f"{'chatcmpl' if req.chat else 'cmpl'}-{request_id}",
             "object": "chat.completion" if req.chat else "text_completion",
@@ -244,7 +293,7 @@ class CompletionService:
         text = (plan.original if isinstance(plan.original, str) else "") + c.text if req.echo else c.text
         return {"index": c.index, "text": text, "finish_reason": c.finish_reason,
                 "logprobs": self._completion_logprobs(c) if req.logprobs is not None else None,
-                "prompt": plan.original, **routing}
+                "prompt": plan.original, "completion_tokens": c.generated, **routing}
 
     def _token_strings(self, c: ChoiceState, ids: list[int]) -> list[str]:
         tokenizer = c.plan.engine.engine.tokenizer
@@ -291,7 +340,8 @@ class CompletionService:
         return self._events(req, plans, streams, request_id, count, start)
 
     async def _events(self, req, plans, streams, request_id, count, start) -> AsyncIterator[str]:
-        choices = self._choices(plans, req.n)
+        candidates = self._choices(plans, req.n)  # one per returned choice: streaming has no best-of
+        choices = [c for plan_choices in candidates for c in plan_choices]
         events: asyncio.Queue = asyncio.Queue()
         created = int(time.time())
         name = self._served_name(plans, req)
@@ -304,7 +354,7 @@ class CompletionService:
 
         async def pump_all():
             try:
-                await asyncio.gather(*(self._pump(s, choices, req.n, p, sink) for s, p in zip(streams, plans)))
+                await asyncio.gather(*(self._pump(s, candidates[p.index], p, sink) for s, p in zip(streams, plans)))
             finally:
                 events.put_nowait(None)
 

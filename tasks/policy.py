@@ -25,12 +25,22 @@ class TaskPolicy:
     enable_thinking: bool | None = None  # passed to the chat template (Qwen3); None: template default
     strip_thinking: bool = False      # return only what follows the model's <think>...</think>
     sampling: dict = dataclasses.field(default_factory=dict)  # defaults for unset request fields
+    # Task-aware answer handling (whole responses only; a streamed answer is sent as generated):
+    enforce_answer_format: bool = False  # MMLU: force "The answer is (X)" if none parses (tasks/answer_format.py)
+    verify_graph_paths: bool = False     # GraphDev: keep only valid proposed paths, rewritten (tasks/graph_verifier.py)
+    best_of: int = 1                     # candidates per answer; the graph verifier picks one (needs verify_graph_paths)
+    best_of_temperature: float = 0.7     # the candidates' default temperature when best_of > 1
+    length_from_instruction: bool = False  # cap max_tokens by the instruction's length words (tasks/length_budget.py)
 
     def __post_init__(self):
         if self.model not in MODEL_CHOICES:
             raise ValueError(f"model must be one of {MODEL_CHOICES}, got {self.model!r}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not (isinstance(self.best_of, int) and self.best_of >= 1):
+            raise ValueError(f"best_of must be an integer >= 1, got {self.best_of!r}")
+        if self.best_of > 1 and not self.verify_graph_paths:
+            raise ValueError("best_of > 1 needs verify_graph_paths, the only verifier that can pick a candidate")
 
     def choose_model(self, prompt_text: str) -> str:
         if self.model == "auto":
@@ -41,10 +51,11 @@ class TaskPolicy:
 # Starting points, not tuned results: the evaluation issue measures and revises them.
 DEFAULT_POLICIES: dict[str, TaskPolicy] = {
     # Short answers: served first, so the many quick requests are not stuck behind long ones.
+    # Enforcing the answer format and verifying paths can only add score (see their modules).
     "mmlu_med": TaskPolicy(model="large", priority=0, max_tokens=512, chat_template=True, enable_thinking=False,
-                           strip_thinking=True, sampling={"temperature": 0.0}),
+                           strip_thinking=True, sampling={"temperature": 0.0}, enforce_answer_format=True),
     "graph": TaskPolicy(model="large", priority=1, max_tokens=1024, chat_template=True, enable_thinking=False,
-                        strip_thinking=True, sampling={"temperature": 0.0}),
+                        strip_thinking=True, sampling={"temperature": 0.0}, verify_graph_paths=True),
     "infobench": TaskPolicy(model="auto", priority=2, max_tokens=1024, chat_template=True, enable_thinking=False,
                             strip_thinking=True, sampling={"temperature": 0.7, "top_p": 0.8, "top_k": 20}),
     # Anything else is continued raw, as the completions API means.

@@ -1,0 +1,201 @@
+"""Evaluate Switchyard on the course's dev_test prompts: GraphDev, MMLU Medicine, InfoBench.
+
+    python evaluate_local.py --task all --limit 20                         # in-process, embedded model
+    python evaluate_local.py --task mmlu_med --server http://127.0.0.1:8000
+    python evaluate_local.py --plot runs.jsonl --plot-output pareto.png
+
+Prompts are sent exactly as the course client sends them, `{"prompt": [...], "max_tokens": 2048}`
+per batch, either to a running server (`--server`) or to the same `CompletionService` the server
+builds (in-process), so routing and the per-task policy are identical. GraphDev and MMLU are
+scored with the course grader's rules (`tasks.scoring`); InfoBench with its DRFR judge protocol
+(`tasks.infobench_judge`), by default judged by the evaluated model itself, which is labelled
+"local judge: <model>" in the output since it is far weaker than the course's judge.
+
+Writes per-item records and a summary to `--output`, and appends one row per run to `--runs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tqdm import tqdm
+
+from evaluation.sets import TASKS, Item, load_items
+from tasks.infobench_judge import add_judge_arguments, chat_from_args, judge_item, item_score
+from tasks.scoring import parse_graph_answer, parse_mmlu_answer, score_graph, score_mmlu
+
+COURSE_MAX_TOKENS = 2048  # what the course client asks for
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="evaluate_local.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="all", choices=TASKS + ("all",))
+    ap.add_argument("--limit", type=int, help="first N items of each task (default: all 100)")
+    ap.add_argument("--batch_size", type=int, default=8, help="prompts per request, as the course batches them")
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    ap.add_argument("--output", default="results.json")
+    ap.add_argument("--runs", default="runs.jsonl", help="JSON-lines file that gets one summary row per run")
+    ap.add_argument("--label", help="name of this run in the runs file and plot (default: backend and policy)")
+    ap.add_argument("--model", default="embedded", help="in-process large model (as `python -m api --model`)")
+    ap.add_argument("--small-model", help="in-process small model")
+    ap.add_argument("--policy", help="in-process policy JSON file (see tasks/policy.py)")
+    ap.add_argument("--server", help="evaluate a running server at this URL instead, e.g. http://127.0.0.1:8000")
+    ap.add_argument("--max-tokens", type=int, default=COURSE_MAX_TOKENS,
+                    help="max_tokens sent with each request (the course sends 2048; the policy still caps it)")
+    ap.add_argument("--use_8bit", action="store_true", help="not implemented yet: exits with an error")
+    ap.add_argument("--use_4bit", action="store_true", help="not implemented yet: exits with an error")
+    add_judge_arguments(ap)
+    ap.add_argument("--plot", metavar="RUNS_FILE", help="only plot accuracy vs throughput from a runs file")
+    ap.add_argument("--plot-output", default="pareto.png")
+    return ap.parse_args(argv)
+
+
+def _extract(task: str, text: str):
+    if task == "graphdev":
+        return parse_graph_answer(text)
+    if task == "mmlu_med":
+        return parse_mmlu_answer(text)
+    return None
+
+
+def _score(task: str, text: str, gold) -> float:
+    return score_graph(text, gold) if task == "graphdev" else score_mmlu(text, gold)
+
+
+def generate(backend, items: list[Item], args) -> list[dict]:
+    """Send the items in batches of `--batch_size`; one record per item, in item order."""
+    batches = [items[i:i + args.batch_size] for i in range(0, len(items), args.batch_size)]
+
+    def send(batch: list[Item]) -> list[dict]:
+        start = time.monotonic()
+        body = backend.complete({"prompt": [it.prompt for it in batch], "max_tokens": args.max_tokens})
+        latency = time.monotonic() - start
+        choices = sorted(body["choices"], key=lambda c: c["index"])
+        # Other servers give only the request's usage; split it evenly then.
+        share = body.get("usage", {}).get("completion_tokens", 0) / len(batch)
+        return [{"task": it.task, "prompt_idx": it.prompt_idx, "prompt": it.prompt, "output": c["text"],
+                 "routed_task": c.get("task"), "tokens": c.get("completion_tokens", share),
+                 "latency_s": round(latency, 3)} for it, c in zip(batch, choices)]
+
+    records = []
+    with ThreadPoolExecutor(args.concurrency) as pool, \
+            tqdm(total=len(items), desc=f"{items[0].task} generate", file=sys.stderr) as bar:
+        for batch_records in pool.map(send, batches):
+            records += batch_records
+            bar.update(len(batch_records))
+    return records
+
+
+def judge(chat, items: list[Item], records: list[dict], concurrency: int) -> None:
+    """Score InfoBench records in place by the DRFR protocol, items judged concurrently."""
+    def one(pair):
+        item, record = pair
+        verdicts = judge_item(chat, record["output"], item.gold["questions"], item.gold["input"])
+        record.update(extracted=verdicts, score=item_score(verdicts), infobench_id=item.gold["id"])
+
+    with ThreadPoolExecutor(concurrency) as pool, \
+            tqdm(total=len(items), desc="infobench judge", file=sys.stderr) as bar:
+        for _ in pool.map(one, zip(items, records)):
+            bar.update(1)
+
+
+def evaluate_task(backend, chat, task: str, args) -> tuple[list[dict], dict]:
+    """Records and summary of one task."""
+    items = load_items(task, args.limit)
+    start = time.monotonic()
+    records = generate(backend, items, args)
+    elapsed = time.monotonic() - start
+    if task == "infobench":
+        judge(chat, items, records, args.concurrency)
+    else:
+        for item, record in zip(items, records):
+            extracted = _extract(task, record["output"])
+            record.update(extracted=extracted, score=_score(task, record["output"], item.gold), gold=item.gold)
+    scores = [r["score"] for r in records]
+    summary = {"accuracy": sum(scores) / len(scores), "items": len(records),
+               "tokens_generated": round(sum(r["tokens"] for r in records)),
+               "generation_elapsed_s": round(elapsed, 2), "requests_per_min": round(60 * len(records) / elapsed, 2),
+               "misrouted": sum(r["routed_task"] not in (None, _ROUTER_LABEL[task]) for r in records)}
+    if task != "infobench":
+        summary["parseable"] = sum(r["extracted"] is not None for r in records) / len(records)
+    return records, summary
+
+
+_ROUTER_LABEL = {"graphdev": "graph", "mmlu_med": "mmlu_med", "infobench": "infobench"}
+
+
+def _judge(args, backend):
+    """The judge chat function and how to label it."""
+    if args.judge_url or args.judge_model:
+        return chat_from_args(args), f"judge: {args.judge_model} at {args.judge_url}"
+    # Greedy unless asked otherwise, so the weak local judge at least gives repeatable verdicts.
+    temperature = 0.0 if args.judge_temperature is None else args.judge_temperature
+    return (lambda messages: backend.chat(messages, temperature)), f"local judge: {backend.model}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.plot:
+        from evaluation.plot import plot_runs, read_runs
+        try:
+            plot_runs(read_runs(args.plot), args.plot_output)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.plot_output}", file=sys.stderr)
+        return 0
+    if args.use_8bit or args.use_4bit:
+        print(f"error: {'--use_8bit' if args.use_8bit else '--use_4bit'}: quantization is not implemented yet "
+              "in Switchyard; run without it", file=sys.stderr)
+        return 2
+    tasks = TASKS if args.task == "all" else (args.task,)
+    if args.server:
+        from evaluation.backends import HttpBackend
+        backend = HttpBackend(args.server)
+        backend_label = f"server {args.server}"
+    else:
+        from evaluation.backends import InProcessBackend
+        server_argv = ["--model", args.model] + (["--small-model", args.small_model] if args.small_model else []) \
+            + (["--policy", args.policy] if args.policy else [])
+        backend = InProcessBackend(server_argv)
+        backend_label = "in-process"
+    chat, judge_label = _judge(args, backend)
+    start = time.monotonic()
+    records, per_task = [], {}
+    try:
+        for task in tasks:
+            task_records, per_task[task] = evaluate_task(backend, chat, task, args)
+            records += task_records
+    finally:
+        backend.close()
+    elapsed = time.monotonic() - start
+    generation_s = sum(s["generation_elapsed_s"] for s in per_task.values())
+    label = args.label or f"{backend_label}, policy {args.policy or 'default'}, max_tokens {args.max_tokens}"
+    summary = {
+        "label": label, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        "backend": backend_label, "model": backend.model, "small_model": args.small_model, "policy": args.policy,
+        "judge": judge_label if "infobench" in tasks else None, "limit": args.limit, "batch_size": args.batch_size,
+        "max_tokens": args.max_tokens, "tasks": per_task,
+        "mean_accuracy": sum(s["accuracy"] for s in per_task.values()) / len(per_task),
+        "tokens_generated": sum(s["tokens_generated"] for s in per_task.values()),
+        "requests_per_min": round(60 * len(records) / generation_s, 2),
+        "tokens_per_s": round(sum(s["tokens_generated"] for s in per_task.values()) / generation_s, 2),
+        "elapsed_s": round(elapsed, 2),
+    }
+    with open(args.output, "w") as f:
+        json.dump({"summary": summary, "records": records}, f, indent=1)
+    with open(args.runs, "a") as f:
+        f.write(json.dumps(summary) + "\n")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""evaluate_local.py end to end, and the MMLU answer-format enforcement, on the tiny random model."""
+
+import asyncio
+import json
+
+import pytest
+
+import evaluate_local
+from api.__main__ import build_service, parse_args
+from api.protocol import parse_completion
+from evaluation.sets import load_items
+from tasks.answer_format import LETTERS, letter_token_ids
+from tasks.scoring import parse_mmlu_answer
+
+
+def test_letter_token_ids_follow_an_opening_parenthesis(tiny_model_dir):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = letter_token_ids(tokenizer)
+    assert [tokenizer.decode(tokenizer.encode("(", add_special_tokens=False) + [i]) for i in ids] \
+        == [f"({letter}" for letter in LETTERS]
+
+
+def test_mmlu_enforcement_yields_a_parseable_answer(tiny_model_dir):
+    service = build_service(parse_args(["--model", str(tiny_model_dir)]))
+    prompts = [item.prompt for item in load_items("mmlu_med", 2)]
+
+    async def run():
+        async def never():
+            return False
+        try:
+            return await service.complete(parse_completion({"prompt": prompts, "max_tokens": 8}), never)
+        finally:
+            await service.engines["large"].shutdown()
+
+    body = asyncio.run(run())
+    for choice in body["choices"]:
+        assert choice["task"] == "mmlu_med"
+        assert parse_mmlu_answer(choice["text"]) in LETTERS
+        assert choice["text"].endswith(")."), choice["text"]
+        assert choice["completion_tokens"] >= 2  # the answer's tokens plus the enforced letter
+
+
+def test_end_to_end_in_process(tiny_model_dir, tmp_path):
+    output, runs = tmp_path / "results.json", tmp_path / "runs.jsonl"
+    argv = ["--task", "all", "--limit", "2", "--batch_size", "2", "--model", str(tiny_model_dir),
+            "--max-tokens", "8", "--output", str(output), "--runs", str(runs)]
+    assert evaluate_local.main(argv) == 0
+    result = json.loads(output.read_text())
+    summary = result["summary"]
+    assert set(summary["tasks"]) == {"graphdev", "mmlu_med", "infobench"}
+    assert summary["judge"] == f"local judge: {tiny_model_dir.name}"
+    assert summary["tasks"]["mmlu_med"]["parseable"] == 1.0
+    assert all(s["misrouted"] == 0 and s["items"] == 2 for s in summary["tasks"].values())
+    assert len(result["records"]) == 6
+    for record in result["records"]:
+        assert {"prompt", "output", "extracted", "score", "tokens", "latency_s"} <= set(record)
+        assert 0.0 <= record["score"] <= 1.0
+    assert len(runs.read_text().splitlines()) == 1
+    assert evaluate_local.main(argv) == 0
+    assert len(runs.read_text().splitlines()) == 2  # runs accumulate
+    pytest.importorskip("matplotlib")
+    assert evaluate_local.main(["--plot", str(runs), "--plot-output", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("flag", ["--use_8bit", "--use_4bit"])
+def test_quantization_flags_fail_clearly(flag, capsys):
+    assert evaluate_local.main(["--task", "mmlu_med", flag]) == 2
+    assert "quantization is not implemented yet" in capsys.readouterr().err
