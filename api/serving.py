@@ -194,11 +194,8 @@ class CompletionService:
     async def complete(self, req: GenerationRequest, is_disconnected) -> dict:
         """Serve a non-streaming request; returns the response body."""
         start = time.monotonic()
-        plans = self.plan(req)
-        count = self._admit(plans)
-        request_id = uuid.uuid4().hex
+        plans, count, request_id, streams = await self._start(req)
         try:
-            streams = await self._submit_all(plans, request_id)
             candidates = self._choices(plans, req.n)
 
             async def sink(choice, text, delta):
@@ -329,6 +326,11 @@ class CompletionService:
         Everything that can be refused is refused here, before any byte of the response is sent.
         """
         start = time.monotonic()
+        plans, count, request_id, streams = await self._start(req)
+        return self._events(req, plans, streams, request_id, count, start)
+
+    async def _start(self, req: GenerationRequest):
+        """Route, admit and queue every prompt of a request; if any is refused, nothing stays admitted."""
         plans = self.plan(req)
         count = self._admit(plans)
         request_id = uuid.uuid4().hex
@@ -337,7 +339,7 @@ class CompletionService:
         except BaseException:
             self.in_flight -= count
             raise
-        return self._events(req, plans, streams, request_id, count, start)
+        return plans, count, request_id, streams
 
     async def _events(self, req, plans, streams, request_id, count, start) -> AsyncIterator[str]:
         candidates = self._choices(plans, req.n)  # one per returned choice: streaming has no best-of
