@@ -92,7 +92,7 @@ def _mix32(x):
 
 def seeded_exponential(seed: int, step: int, vocab: int, device) -> torch.Tensor:
     """Exp(1) noise [vocab] that depends only on (seed, step): reproducible whatever the batch is."""
-    key = _mix32((_mix32(step & _MASK32) ^ (seed & _MASK32)) + ((seed >> 32) & _MASK32)) 
+    key = _mix32((_mix32(step & _MASK32) ^ (seed & _MASK32)) + ((seed >> 32) & _MASK32))
     ids = torch.arange(vocab, dtype=torch.int64, device=device)
     bits = _mix32(_mix32(ids ^ key) + key)
     uniform = (bits.double() + 0.5) / 2**32
