@@ -40,9 +40,7 @@ class TaskQueues:
 
     def push(self, seq: Sequence) -> None:
         """Enqueue in service order, so a preempted sequence returns ahead of later arrivals of its class."""
-        queue = self._queues[seq.task]
-        keys = [self._order(s) for s in queue]
-        queue.insert(bisect.bisect(keys, self._order(seq)), seq)
+        bisect.insort(self._queues[seq.task], seq, key=self._order)
         self._size += 1
 
     def effective_priority(self, seq: Sequence, now: float) -> float:

@@ -24,6 +24,16 @@ _EDGE = re.compile(r"(\d+)\s*->\s*(\d+)\s*,\s*weight\s*:\s*(\d+)", re.IGNORECASE
 _TOP = re.compile(r"top\s+(\d+)\s+shortest\s+paths?", re.IGNORECASE)
 
 
+def adjacency(n: int, edges: list[Edge]) -> dict[int, dict[int, int]]:
+    """node -> {successor: weight}. Self-loops are dropped (no simple path uses one) and of parallel
+    edges only the cheapest is kept, since a path is named by its nodes alone."""
+    out: dict[int, dict[int, int]] = {v: {} for v in range(n)}
+    for s, t, w in edges:
+        if s != t and w < out[s].get(t, w + 1):
+            out[s][t] = w
+    return out
+
+
 def top_p_paths(n: int, edges: list[Edge], p: int, source: int = 0,
                 target: int | None = None) -> list[tuple[list[int], int]]:
     """The `p` cheapest simple paths from `source` to `target` (default `n - 1`), as `(path, cost)`.
@@ -35,10 +45,7 @@ def top_p_paths(n: int, edges: list[Edge], p: int, source: int = 0,
     target = n - 1 if target is None else target
     if any(w < 0 for _, _, w in edges):
         raise ValueError("edge weights must be non-negative")
-    out: dict[int, dict[int, int]] = {v: {} for v in range(n)}
-    for s, t, w in edges:
-        if s != t and w < out[s].get(t, w + 1):
-            out[s][t] = w
+    out = adjacency(n, edges)
     h = _distances_to(target, n, out)
     if source not in h:
         return []

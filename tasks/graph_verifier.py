@@ -13,21 +13,13 @@ extra paths beyond P cost nothing, and duplicates count once.
 
 from __future__ import annotations
 
-from tasks.graph_oracle import parse_graph_prompt
+from tasks.graph_oracle import adjacency, parse_graph_prompt
 from tasks.scoring import parse_graph_answer
 
 Path = tuple[list[int], int]
 
 
-def _edge_weights(n: int, edges: list[tuple[int, int, int]]) -> dict[tuple[int, int], int]:
-    cheapest: dict[tuple[int, int], int] = {}
-    for s, t, w in edges:
-        if s != t and w < cheapest.get((s, t), w + 1):
-            cheapest[(s, t)] = w
-    return cheapest
-
-
-def _path_weight(path, n: int, weights: dict[tuple[int, int], int]) -> int | None:
+def _path_weight(path, n: int, out: dict[int, dict[int, int]]) -> int | None:
     """The exact weight of `path` if it is a valid simple 0 -> N-1 path, else None."""
     if not isinstance(path, (list, tuple)) or len(path) < 2:
         return None
@@ -36,10 +28,11 @@ def _path_weight(path, n: int, weights: dict[tuple[int, int], int]) -> int | Non
     if path[0] != 0 or path[-1] != n - 1 or len(set(path)) != len(path):
         return None
     total = 0
-    for edge in zip(path, path[1:]):
-        if edge not in weights:
+    for s, t in zip(path, path[1:]):
+        w = out.get(s, {}).get(t)  # a node id outside the graph has no edges
+        if w is None:
             return None
-        total += weights[edge]
+        total += w
     return total
 
 
@@ -55,10 +48,10 @@ def valid_paths(prompt: str, text: str) -> list[Path]:
     parsed = parse_graph_answer(text)
     if parsed is None or not isinstance(parsed[0], (list, tuple)):
         return []
-    weights = _edge_weights(n, edges)
+    out = adjacency(n, edges)
     found = {}
     for path in parsed[0]:
-        weight = _path_weight(path, n, weights)
+        weight = _path_weight(path, n, out)
         if weight is not None:
             found[tuple(path)] = weight
     return sorted(((list(p), w) for p, w in found.items()), key=lambda pw: (pw[1], pw[0]))
