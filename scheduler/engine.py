@@ -210,7 +210,7 @@ class LLMEngine:
             if seq.params.logprobs is not None:
                 lps = seq.output_logprobs[state.logprobs_sent[i]:]
                 state.logprobs_sent[i] = len(seq.output_logprobs)
-            new_ids = seq.output_token_ids[state.tokens_sent[i]:]
+            new_ids = seq.token_ids[seq.num_prompt_tokens + state.tokens_sent[i]:]  # no copy of the whole output
             state.tokens_sent[i] += len(new_ids)
             choices.append(CompletionOutput(i, text, new_ids, seq.finish_reason, lps, seq.num_preemptions))
         finished = all(s.is_finished for s in state.seqs)
