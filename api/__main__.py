@@ -21,6 +21,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--served-model-name", help="name clients see for the large model")
     ap.add_argument("--small-served-model-name")
     ap.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
+    ap.add_argument("--tokenizer", help="use this model's tokenizer (a directory or 'embedded'), e.g. with "
+                                        "--load-format dummy, whose random weights come without one")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--device", help="large model's device, e.g. cuda:0 (default: cuda if present, else cpu)")
     ap.add_argument("--small-device", help="small model's device (default: the large model's)")
@@ -62,7 +64,8 @@ def build_service(args: argparse.Namespace):
     from tasks.policy import load_policies
 
     def config(model, device, utilization):
-        return EngineConfig(model=model, load_format=args.load_format, dtype=args.dtype, device=device,
+        return EngineConfig(model=model, load_format=args.load_format, tokenizer=args.tokenizer, dtype=args.dtype,
+                            device=device,
                             gpu_memory_utilization=utilization, kv_cache_gib=args.kv_cache_gib,
                             max_model_len=args.max_model_len, block_size=args.block_size,
                             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,

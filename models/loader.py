@@ -71,11 +71,12 @@ def _init_dummy(model: DecoderModel, seed: int) -> None:
 
 
 def load_model(model: str, *, load_format: str = "auto", dtype: torch.dtype, device: torch.device,
-               backend, max_model_len: int | None = None, seed: int = 0):
+               backend, max_model_len: int | None = None, seed: int = 0, tokenizer: str | None = None):
     """Build and load a model. Returns (DecoderModel, ModelConfig, tokenizer or None, max_model_len).
 
     load_format "dummy" takes the architecture from a built-in Qwen3 preset (or a local config.json)
-    and random weights, for benchmarks where no real weights can be had.
+    and random weights, for benchmarks where no real weights can be had. `tokenizer` (a model
+    directory, hub id or 'embedded') replaces the model's own, e.g. to send text to dummy weights.
     """
     if load_format not in ("auto", "dummy"):
         raise ModelLoadError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
@@ -95,8 +96,16 @@ def load_model(model: str, *, load_format: str = "auto", dtype: torch.dtype, dev
         _init_dummy(net, seed)
     else:
         net.load_weights(_iter_safetensors(_safetensors_files(model_dir), dtype))
-    tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
-    return net, cfg, tokenizer, max_len
+    if tokenizer is not None:
+        tok = load_tokenizer(resolve_model_dir(tokenizer))
+        if tok is None:
+            raise ModelLoadError(f"{tokenizer}: no tokenizer files there")
+        if len(tok) > cfg.vocab_size:
+            raise ModelLoadError(f"{tokenizer}: its {len(tok)} tokens do not fit the model's vocabulary "
+                                 f"of {cfg.vocab_size}")
+    else:
+        tok = load_tokenizer(model_dir) if model_dir is not None else None
+    return net, cfg, tok, max_len
 
 
 def load_tokenizer(model_dir: Path):

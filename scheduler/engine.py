@@ -28,6 +28,7 @@ class EngineConfig:
 
     model: str = "embedded"
     load_format: str = "auto"            # "dummy": random weights in a preset's shapes
+    tokenizer: str | None = None         # another model's tokenizer (dummy weights have none)
     dtype: str | None = None             # default: float32 on CPU, bfloat16 on CUDA
     device: str | None = None            # default: cuda if available, else cpu
     max_model_len: int | None = None     # default: the model's own limit
@@ -78,7 +79,7 @@ class LLMEngine:
         backend = get_backend(config.attention_backend, device.type)
         self.model, self.model_config, self.tokenizer, max_len = load_model(
             config.model, load_format=config.load_format, dtype=dtype, device=device,
-            backend=backend, max_model_len=config.max_model_len, seed=config.seed)
+            backend=backend, max_model_len=config.max_model_len, seed=config.seed, tokenizer=config.tokenizer)
         eos = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
