@@ -71,12 +71,12 @@ def main() -> None:
             seqs.append(s)
         ones = [1] * batch
         for _ in range(3):
-            runner.execute(seqs, ones)
+            runner.execute(seqs, ones).wait()
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(args.iters):
-            runner.execute(seqs, ones)
+            runner.execute(seqs, ones).wait()
         end.record()
         torch.cuda.synchronize()
         step = start.elapsed_time(end) / 1e3 / args.iters
@@ -84,7 +84,7 @@ def main() -> None:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                     torch.profiler.ProfilerActivity.CUDA]) as prof:
                 for _ in range(3):
-                    runner.execute(seqs, ones)
+                    runner.execute(seqs, ones).wait()
             print(f"--- batch {batch}\n" + prof.key_averages().table(sort_by="cpu_time_total", row_limit=18))
         moved = weight_bytes + batch * (args.context + 1) * kv_token_bytes
         rows.append((batch, step * 1e3, moved / 1e9, moved / step / 1e12, moved / step / bandwidth, batch / step))

@@ -11,13 +11,26 @@ from kv_cache.cache_tensors import allocate_kv_cache
 from models.attention.metadata import AttentionMetadata
 from models.cuda_graphs import DecodeGraphs
 from models.decoder import DecoderModel
+from models.host_copy import to_device
 from models.sampler import Sampler, SamplerOutput, SamplingRow
 
 
 @dataclasses.dataclass(slots=True)
 class StepResult:
+    """A launched step. Its sampled tokens are on the device at once (`device_token_ids`, the input of
+    the next step's placeholders) and in `output` on the host once `wait()` returns."""
+
     sampled_seqs: list          # the sequences that sampled, in row order of `output`
     output: SamplerOutput
+    device_token_ids: torch.Tensor | None = None
+    ready: torch.cuda.Event | None = None
+
+    def wait(self) -> SamplerOutput:
+        """Block until the host copies of the step's outputs are complete."""
+        if self.ready is not None:
+            self.ready.synchronize()
+            self.ready = None
+        return self.output
 
 
 class ModelRunner:
@@ -92,8 +105,10 @@ class ModelRunner:
     def _stream_context(self):
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
-    def prepare(self, seqs, num_new_tokens) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        """Flatten the step into input ids, positions and attention metadata (host lists, one copy each)."""
+    def prepare(self, seqs, num_new_tokens) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        """Flatten the step into input ids, positions, attention metadata and the rows to sample from
+        (the last row of each sequence that completes). Two host->device copies: one of int64 (ids,
+        positions, slots, rows), one of int32 (offsets, lengths, tables)."""
         bs = self.block_size
         input_ids, positions, slots = [], [], []
         query_start, seq_lens, logits_rows = [0], [], []
@@ -101,39 +116,54 @@ class ModelRunner:
             start = seq.num_computed_tokens
             end = start + n
             input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
             table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            if n == 1:
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+            else:
+                positions.extend(range(start, end))
+                slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             query_start.append(query_start[-1] + n)
             seq_lens.append(end)
             if end == seq.num_tokens:
                 logits_rows.append(query_start[-1] - 1)
         max_blocks = max(len(s.block_table) for s in seqs)
-        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in seqs]
-        dev = self.device
-
-        def to_dev(values, dtype):
-            return torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)
-
+        tables = []
+        for s in seqs:
+            tables.extend(s.block_table)
+            tables.extend([0] * (max_blocks - len(s.block_table)))
+        num_tokens, num_seqs = len(input_ids), len(seqs)
+        longs = to_device(input_ids + positions + slots + logits_rows, torch.int64, self.device)
+        ints = to_device(query_start + seq_lens + tables, torch.int32, self.device)
         num_decodes = next((i for i, n in enumerate(num_new_tokens) if n != 1), len(num_new_tokens))
         meta = AttentionMetadata(
-            slot_mapping=to_dev(slots, torch.int64),
-            query_start_loc=to_dev(query_start, torch.int32),
-            seq_lens=to_dev(seq_lens, torch.int32),
-            block_tables=to_dev(tables, torch.int32),
+            slot_mapping=longs[2 * num_tokens:3 * num_tokens],
+            query_start_loc=ints[:num_seqs + 1],
+            seq_lens=ints[num_seqs + 1:2 * num_seqs + 1],
+            block_tables=ints[2 * num_seqs + 1:].view(num_seqs, max_blocks),
             num_decodes=num_decodes,
             max_query_len=max(num_new_tokens),
             max_seq_len=max(seq_lens),
             query_start_loc_cpu=query_start,
             seq_lens_cpu=seq_lens,
         )
-        return to_dev(input_ids, torch.int64), to_dev(positions, torch.int64), meta, logits_rows
+        return longs[:num_tokens], longs[num_tokens:2 * num_tokens], meta, longs[3 * num_tokens:]
 
     @torch.inference_mode()
-    def execute(self, seqs, num_new_tokens) -> StepResult:
-        """Run the forward for one step and sample for every sequence that reached its last token."""
+    def execute(self, seqs, num_new_tokens, pending_inputs=None) -> StepResult:
+        """Launch the forward for one step and the sampling of every sequence that reaches its last
+        token; returns without waiting for the GPU (call `wait()` on the result for the tokens).
+
+        pending_inputs: (device tokens of the step in flight, [(input row, its row there)]) for the
+        sequences whose input token is still a placeholder.
+        """
         with self._stream_context():
             input_ids, positions, meta, logits_rows = self.prepare(seqs, num_new_tokens)
+            if pending_inputs is not None and pending_inputs[1]:
+                prev_tokens, pairs = pending_inputs
+                dst, src = to_device([d for d, _ in pairs] + [s for _, s in pairs], torch.int64,
+                                     self.device).split(len(pairs))
+                input_ids.index_copy_(0, dst, prev_tokens.index_select(0, src))
             if self.decode_graphs is not None and meta.num_decodes == len(seqs) and self.decode_graphs.can_run(len(seqs)):
                 hidden = self.decode_graphs.run(input_ids, positions, meta.slot_mapping, meta.seq_lens,
                                                 meta.block_tables)
@@ -142,16 +172,27 @@ class ModelRunner:
             sampled_seqs = [s for s, n in zip(seqs, num_new_tokens) if s.num_computed_tokens + n == s.num_tokens]
             if not sampled_seqs:
                 return StepResult([], SamplerOutput(torch.empty(0, dtype=torch.int64)))
-            logits = self.model.compute_logits(hidden[torch.tensor(logits_rows, device=self.device)])
+            if logits_rows.shape[0] < hidden.shape[0]:
+                hidden = hidden.index_select(0, logits_rows)
+            logits = self.model.compute_logits(hidden)
             rows = [self.sampling_row(s) for s in sampled_seqs]
             output = self.sampler(logits, rows)
-            # The one host sync of the step: the scheduler needs the tokens.
-            output.token_ids = output.token_ids.cpu()
-            if output.logprobs is not None:
-                output.logprobs = output.logprobs.cpu()
-                if output.top_ids is not None:
-                    output.top_ids, output.top_logprobs = output.top_ids.cpu(), output.top_logprobs.cpu()
-            return StepResult(sampled_seqs, output)
+            device_tokens = output.token_ids
+            host = SamplerOutput(*(self._to_host(t) for t in (output.token_ids, output.logprobs, output.top_ids,
+                                                              output.top_logprobs)))
+            ready = None
+            if self.device.type == "cuda":
+                ready = torch.cuda.Event()
+                ready.record()
+            return StepResult(sampled_seqs, host, device_tokens, ready)
+
+    def _to_host(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        # Non-blocking into pinned memory: the host waits on the step's event, not here.
+        if t is None or self.device.type != "cuda":
+            return t
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        return host
 
     def sampling_row(self, seq) -> SamplingRow:
         p = seq.params

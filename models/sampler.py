@@ -6,6 +6,8 @@ import dataclasses
 
 import torch
 
+from models.host_copy import to_device
+
 
 @dataclasses.dataclass(slots=True)
 class SamplingParams:
@@ -121,15 +123,12 @@ class Sampler:
             logprobs = torch.log_softmax(logits, dim=-1)
         sampled_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
         if sampled_rows:
-            idx = torch.tensor(sampled_rows, device=device)
             sub = [rows[i].params for i in sampled_rows]
-            probs = _filtered_probs(
-                logits[idx],
-                torch.tensor([p.temperature for p in sub], device=device),
-                torch.tensor([p.top_k for p in sub], device=device),
-                torch.tensor([p.top_p for p in sub], device=device),
-                torch.tensor([p.min_p for p in sub], device=device),
-            )
+            idx = to_device(sampled_rows, torch.int64, device)
+            floats = to_device([p.temperature for p in sub] + [p.top_p for p in sub] + [p.min_p for p in sub],
+                               torch.float32, device).view(3, -1)
+            probs = _filtered_probs(logits[idx], floats[0], to_device([p.top_k for p in sub], torch.int64, device),
+                                    floats[1], floats[2])
             noise = torch.empty_like(probs).exponential_()
             for j, i in enumerate(sampled_rows):
                 if rows[i].seed is not None:

@@ -12,12 +12,12 @@ from kv_cache.cache_tensors import num_blocks_for_budget
 from models.attention import get_backend
 from models.decoder import compile_small_ops
 from models.loader import load_model
-from models.runner import ModelRunner
+from models.runner import ModelRunner, StepResult
 from models.sampler import SamplingParams
 from scheduler.detokenizer import IncrementalDetokenizer
 from scheduler.outputs import CompletionOutput, RequestOutput
 from scheduler.scheduler import Scheduler, SchedulerConfig
-from scheduler.sequence import Sequence
+from scheduler.sequence import PLACEHOLDER_TOKEN, Sequence
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -42,6 +42,7 @@ class EngineConfig:
     aging_seconds: float = 30.0
     attention_backend: str = "auto"      # "triton" on CUDA when installed, else the torch reference
     enforce_eager: bool = False          # CUDA: no decode graphs (they need a backend that supports them)
+    async_scheduling: bool | None = None  # schedule step N+1 while the GPU runs step N; default: on for CUDA
     seed: int = 0
 
     def resolved_device(self) -> torch.device:
@@ -100,6 +101,9 @@ class LLMEngine:
             num_blocks, eos_token_ids=eos)
         self._requests: dict[str, _RequestState] = {}
         self._seq_ids = itertools.count()
+        self.async_scheduling = (device.type == "cuda" if config.async_scheduling is None
+                                 else config.async_scheduling)
+        self._in_flight: StepResult | None = None  # the launched step whose tokens are not processed yet
 
     def _num_kv_blocks(self, dtype: torch.dtype, max_len: int) -> int:
         cfg = self.config
@@ -168,28 +172,62 @@ class LLMEngine:
         return self._output(state, range(len(state.seqs)))
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._requests)
+        return bool(self._requests) or self._in_flight is not None
 
     def step(self) -> list[RequestOutput]:
-        """Run one iteration and return the progress of every request that made any."""
-        batch = self.scheduler.schedule()
-        if not batch.seqs:
-            return []
-        result = self.runner.execute(batch.seqs, batch.num_new_tokens)
-        out = result.output
+        """Run one iteration and return the progress of every request that made any.
+
+        Synchronous: schedule, launch, wait for the tokens, process them. With async scheduling the
+        host overlaps the GPU: launch step N+1 (inputs still pending from step N are read on the
+        device), then wait for and process step N's tokens while step N+1 runs. A sequence that step
+        N ends (EOS, stop string) has computed one token too many in N+1; it is dropped.
+        """
+        in_flight, self._in_flight = self._in_flight, None
+        try:
+            batch = self.scheduler.schedule()
+            launched = None
+            if batch.seqs:
+                launched = self.runner.execute(batch.seqs, batch.num_new_tokens, self._pending_inputs(batch, in_flight))
+            outputs = self._process(in_flight) if in_flight is not None else []
+            if launched is not None:
+                self.scheduler.advance(batch)
+                if self.async_scheduling:
+                    self._in_flight = launched
+                else:
+                    outputs = self._process(launched)
+            return outputs
+        except BaseException:
+            self._discard_pending_tokens()
+            raise
+
+    @staticmethod
+    def _pending_inputs(batch, in_flight: StepResult | None):
+        """Which input rows take their token from the step in flight, and from which of its rows."""
+        if in_flight is None:
+            return None
+        row_of = {seq.seq_id: row for row, seq in enumerate(in_flight.sampled_seqs)}
+        # Decodes lead the batch with one input row each; only they can be waiting for a token.
+        pairs = [(i, row_of[seq.seq_id]) for i, seq in enumerate(batch.seqs)
+                 if batch.num_new_tokens[i] == 1 and seq.token_ids[-1] == PLACEHOLDER_TOKEN]
+        return in_flight.device_token_ids, pairs
+
+    def _process(self, result: StepResult) -> list[RequestOutput]:
+        """Wait for a step's tokens, put them in place and turn them into per-request outputs."""
+        out = result.wait()
         tokens = out.token_ids.tolist()
-        for row, seq in enumerate(result.sampled_seqs):
+        now = time.monotonic()
+        touched: dict[str, list[int]] = {}
+        for row, (seq, token) in enumerate(zip(result.sampled_seqs, tokens)):
+            state = self._requests.get(seq.request_id)
+            if seq.is_finished or state is None:  # aborted, or ended by an earlier token, meanwhile
+                continue
             if seq.params.logprobs is not None:
                 top = []
                 if seq.params.logprobs:
                     ids = out.top_ids[row, :seq.params.logprobs].tolist()
                     top = list(zip(ids, out.top_logprobs[row, :seq.params.logprobs].tolist()))
                 seq.output_logprobs.append((float(out.logprobs[row]), top))
-        self.scheduler.update(batch, {s.seq_id: t for s, t in zip(result.sampled_seqs, tokens)})
-        now = time.monotonic()
-        touched: dict[str, list[int]] = {}
-        for seq, token in zip(result.sampled_seqs, tokens):
-            state = self._requests[seq.request_id]
+            self.scheduler.record_token(seq, token)
             state.first_token_time = state.first_token_time or now
             detok = state.detoks[seq.sample_index]
             ended_on_token = seq.finish_reason == "stop"  # EOS or a stop token: not part of the text
@@ -200,6 +238,12 @@ class LLMEngine:
                     self.scheduler.finish(seq, "stop")
             touched.setdefault(seq.request_id, []).append(seq.sample_index)
         return [self._output(self._requests[rid], idx) for rid, idx in touched.items()]
+
+    def _discard_pending_tokens(self) -> None:
+        # After a failed step no token is coming: whoever still waits for one is aborted.
+        for rid, state in list(self._requests.items()):
+            if any(s.token_ids[-1] == PLACEHOLDER_TOKEN and not s.is_finished for s in state.seqs):
+                self.abort_request(rid)
 
     def _output(self, state: _RequestState, indices) -> RequestOutput:
         choices = []

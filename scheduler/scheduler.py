@@ -7,7 +7,7 @@ import time
 
 from kv_cache.block_manager import BlockManager
 from scheduler.queues import TaskQueues
-from scheduler.sequence import SeqStatus, Sequence
+from scheduler.sequence import PLACEHOLDER_TOKEN, SeqStatus, Sequence
 
 
 @dataclasses.dataclass(slots=True)
@@ -92,6 +92,9 @@ class Scheduler:
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
+            if self._ends_on_pending_token(seq):  # nothing left to compute: it finishes once its token lands
+                i += 1
+                continue
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not bm.allocate(seq, seq.num_computed_tokens + n):
                 victim = running.pop()
@@ -144,26 +147,45 @@ class Scheduler:
         self.waiting.push(seq)
 
     def update(self, batch: ScheduledBatch, sampled: dict[int, int]) -> list[Sequence]:
-        """Record a finished step: computed tokens, one sampled token per sampling sequence (by seq_id).
+        """Record a finished step at once: `advance`, then each sampled token (by seq_id).
 
         Returns the sequences that finished on a token-level criterion (EOS, stop token, length).
         """
-        finished = []
+        sampling = self.advance(batch)
+        return [seq for seq in sampling if seq.seq_id in sampled and self.record_token(seq, sampled[seq.seq_id])]
+
+    def advance(self, batch: ScheduledBatch) -> list[Sequence]:
+        """Record a launched step before its tokens are known: computed tokens, cached blocks, and a
+        placeholder for each token being sampled. Returns the sequences that sample, in batch order.
+        """
+        sampling = []
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            if seq.is_finished:  # cancelled while the step ran
+            if seq.is_finished:  # cancelled, or ended by the previous step's token, while this one ran
                 continue
             seq.num_computed_tokens += n
             self.block_manager.cache_computed_blocks(seq)
-            token = sampled.get(seq.seq_id)
-            if token is None:
-                continue
-            seq.token_ids.append(token)
-            self._release_deferred(seq)
-            reason = self._stop_reason(seq, token)
-            if reason:
-                self.finish(seq, reason)
-                finished.append(seq)
-        return finished
+            if seq.num_computed_tokens == seq.num_tokens:
+                seq.token_ids.append(PLACEHOLDER_TOKEN)
+                sampling.append(seq)
+                self._release_deferred(seq)
+        return sampling
+
+    def record_token(self, seq: Sequence, token: int) -> bool:
+        """Put the sampled token in place of the sequence's placeholder; True if it ends the sequence."""
+        assert seq.token_ids[-1] == PLACEHOLDER_TOKEN, "a token arrived for a sequence that was not sampling"
+        seq.token_ids[-1] = token
+        reason = self._stop_reason(seq, token)
+        if reason:
+            self.finish(seq, reason)
+        return reason is not None
+
+    def _ends_on_pending_token(self, seq: Sequence) -> bool:
+        # Only with overlapped steps: the last token is still a placeholder and it reaches a length limit.
+        if seq.token_ids[-1] != PLACEHOLDER_TOKEN:
+            return False
+        max_tokens = seq.params.max_tokens
+        return ((max_tokens is not None and seq.num_output_tokens >= max_tokens)
+                or seq.num_tokens >= min(seq.max_model_len, self.config.max_model_len))
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
@@ -187,6 +209,8 @@ class Scheduler:
             self.block_manager.free(seq)
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
+        if seq.token_ids[-1] == PLACEHOLDER_TOKEN:  # cancelled before its last token arrived
+            seq.token_ids.pop()
         self._release_deferred(seq)
 
     def _release_deferred(self, leader: Sequence) -> None:

@@ -8,6 +8,11 @@ import enum
 from models.sampler import SamplingParams
 
 
+# Stands for a sampled token still on its way from the GPU: with overlapped steps the next step is
+# scheduled (and its input read on the device) before the host knows the token.
+PLACEHOLDER_TOKEN = -1
+
+
 class SeqStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"

@@ -20,9 +20,11 @@ _LOG2E = 1.4426950408889634
 # tl.dot on NVIDIA GPUs needs every matrix dimension >= 16; the interpreter does not check this.
 _MIN_DOT = 16
 
-# Decode: KV tokens per loop iteration, and the fewest tokens a split-KV partition is given, so each
-# partition runs several iterations and the extra reduce pass stays small next to the main one.
-_DECODE_BLOCK_N = 64
+# Decode launch: KV tokens per loop iteration (BLOCK_N), warps and software-pipeline stages.
+# Chosen by `python -m bench.decode_attention_sweep` on an H100 (see BENCHMARKS.md).
+DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+# The fewest tokens a split-KV partition is given, so each partition runs several iterations and
+# the extra reduce pass stays small next to the main one.
 _MIN_PARTITION = 256
 _MAX_SPLITS = 64
 # Prefill: query rows and KV tokens per tile.
@@ -186,7 +188,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if num_splits is None:
         num_splits = decode_num_splits(num_seqs, num_kv_heads, max_seq_len, _num_sms(q.device))
     # Partitions are whole KV tiles; recount the splits so none is empty for the longest sequence.
-    partition = triton.cdiv(triton.cdiv(max_seq_len, num_splits), _DECODE_BLOCK_N) * _DECODE_BLOCK_N
+    block_n = DECODE_CONFIG["BLOCK_N"]
+    partition = triton.cdiv(triton.cdiv(max_seq_len, num_splits), block_n) * block_n
     num_splits = triton.cdiv(max_seq_len, partition)
     split = num_splits > 1
     if split:
@@ -201,8 +204,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=group, GROUP_PAD=max(_MIN_DOT, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_SIZE=k_cache.shape[1], BLOCK_N=_DECODE_BLOCK_N, SPLIT=split,
-        DOT_PRECISION=_dot_precision(q.dtype), num_warps=4, num_stages=2)
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_N=block_n, SPLIT=split, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=DECODE_CONFIG["num_warps"], num_stages=DECODE_CONFIG["num_stages"])
     if split:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             part_max, part_sum, part_acc, out, num_splits, num_q_heads, out.stride(0), out.stride(1),
