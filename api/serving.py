@@ -351,7 +351,10 @@ class CompletionService:
         kind = "chat.completion.chunk" if req.chat else "text_completion"
 
         async def sink(choice, text, delta):
-            if text or delta.finish_reason is not None:
+            # One chunk per step that produced tokens, even when their text is held back (a partial
+            # character, a possible stop string or think tag, ids the tokenizer cannot spell), so a
+            # client can time every token, as vLLM's chunks allow.
+            if text or delta.token_ids or delta.finish_reason is not None:
                 events.put_nowait(self._chunk_choice(req, choice, text, delta))
 
         async def pump_all():

@@ -31,6 +31,10 @@ def load_trace(path: str | Path) -> list[dict]:
     return sorted(batches, key=lambda b: b["arrival_time"])
 
 
+def auth_headers(api_key: str | None) -> dict:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 async def _post(client: httpx.AsyncClient, url: str, prompts: list[str], max_tokens: int, timeout: float,
                 headers: dict) -> dict:
     start = time.monotonic()
@@ -55,7 +59,7 @@ async def _post(client: httpx.AsyncClient, url: str, prompts: list[str], max_tok
 async def replay(url: str, batches: list[dict], time_scale: float = 1.0, timeout: float = 600.0,
                  api_key: str | None = None, max_tokens: int | None = None) -> list[dict]:
     """Send each batch at its (scaled) arrival time; returns one record per batch."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
     async with httpx.AsyncClient(limits=limits) as client:
         start = time.monotonic()
@@ -76,7 +80,7 @@ async def fixed_concurrency(url: str, prompts: list[str], concurrency: int, num_
     """`concurrency` clients, each sending requests of 1-8 random prompts back to back."""
     rng = random.Random(seed)
     plan = [rng.sample(prompts, rng.randint(1, min(8, len(prompts)))) for _ in range(num_requests)]
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
     queue: asyncio.Queue = asyncio.Queue()
     for p in plan:
         queue.put_nowait(p)
