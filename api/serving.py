@@ -136,11 +136,13 @@ class CompletionService:
         self.in_flight += count
         return count
 
-    async def _submit_all(self, plans: list[PromptPlan], request_id: str) -> list[AsyncIterator]:
-        """Queue every prompt; if any is refused, withdraw the others and report the refusal."""
+    async def _submit_all(self, plans: list[PromptPlan], request_id: str, stream: bool) -> list[AsyncIterator]:
+        """Queue every prompt; if any is refused, withdraw the others and report the refusal.
+
+        Unstreamed prompts ask the engine for their final output only, sparing a delta per token."""
         async def submit(plan):
             return await plan.engine.submit(plan.engine_prompt, plan.params, request_id=f"{request_id}-{plan.index}",
-                                            task=plan.task, priority=plan.priority)
+                                            task=plan.task, priority=plan.priority, stream=stream)
         results = await asyncio.gather(*(submit(p) for p in plans), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -185,7 +187,8 @@ class CompletionService:
             for delta in out.outputs:
                 choice = candidates[delta.index]
                 if first is None and delta.token_ids:
-                    first = time.monotonic()
+                    # The engine's clock is this one (monotonic); an unstreamed output arrives at the end.
+                    first = out.first_token_time or time.monotonic()
                 await sink(choice, self._apply(choice, delta, plan.engine.engine.tokenizer), delta)
         produced = sum(len(c.token_ids) for c in candidates)
         self.metrics.record_completion(plan.task, prompt_tokens, produced, arrival, first, time.monotonic())
@@ -335,7 +338,7 @@ class CompletionService:
         count = self._admit(plans)
         request_id = uuid.uuid4().hex
         try:
-            streams = await self._submit_all(plans, request_id)
+            streams = await self._submit_all(plans, request_id, req.stream)
         except BaseException:
             self.in_flight -= count
             raise

@@ -159,6 +159,9 @@ def main() -> None:
     ap.add_argument("--hf", default="batch,single", help="comma list of: batch, single, generate_batch, none")
     ap.add_argument("--hf-batch-size", type=int, default=0, help="generate() batch size (0: all at once)")
     ap.add_argument("--hf-subset", type=int, default=0, help="run HF on the first N requests only")
+    ap.add_argument("--compare-sync", action="store_true",
+                    help="run Switchyard twice more, warm: synchronous steps, then overlapped ones")
+    ap.add_argument("--profile", type=int, default=0, help="then profile one more run and print the top N functions")
     args = ap.parse_args()
 
     from scheduler.llm import LLM
@@ -170,6 +173,18 @@ def main() -> None:
     results = {"switchyard": run_switchyard(llm, requests)}
     ours = results["switchyard"][2]
     _report("switchyard", results["switchyard"])
+    if args.compare_sync:  # the same engine again, warm, with and without overlapped steps
+        for overlap in (False, True):
+            engine.async_scheduling = overlap
+            name = f"switchyard, {'async' if overlap else 'sync'} scheduling, 2nd run"
+            results[name] = run_switchyard(llm, requests)
+            _report(name, results[name])
+    if args.profile:
+        import cProfile
+        import pstats
+        profiler = cProfile.Profile()
+        profiler.runcall(run_switchyard, llm, requests)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
     hf_requests = requests[:args.hf_subset] if args.hf_subset else requests
     modes = [m for m in args.hf.split(",") if m and m != "none"]
     if modes:

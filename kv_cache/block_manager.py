@@ -70,6 +70,8 @@ class BlockManager:
         Returns False, changing nothing, when the pool cannot supply the blocks.
         """
         needed = -(-num_tokens // self.block_size) - len(seq.block_table) - len(cached)
+        if needed <= 0 and not cached:  # the common decode step: the last block has room
+            return True
         if needed > self.pool.num_free_after_acquiring(cached):
             return False
         if cached:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
 
@@ -62,6 +63,25 @@ class ModelRunner:
         with self._stream_context():
             self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, max_batch,
                                               max_model_len, self.scratch_block)
+
+    def warm_up(self) -> None:
+        """Run each kind of eager step once: prefills of one and of several tokens, one and two
+        sequences, decodes mixed with a prefill. torch.compile builds its shape variants now rather
+        than under the first requests (each costs seconds). Everything is written to the scratch block.
+        """
+        from models.sampler import SamplingParams
+        from scheduler.sequence import Sequence
+        n = min(self.block_size, 4)
+
+        def seq(num_tokens: int, num_computed: int) -> Sequence:
+            s = Sequence(seq_id=-1, request_id="warm-up", token_ids=[0] * num_tokens, num_prompt_tokens=num_tokens,
+                         params=SamplingParams(temperature=0), arrival_time=0.0)
+            s.block_table = [self.scratch_block]
+            s.num_computed_tokens = num_computed
+            return s
+
+        for shape in ([(1, 0)], [(n, 0)], [(n, 0), (n, 0)], [(n, n - 1), (n, 0)], [(n, n - 1), (n, n - 1)]):
+            self.execute([seq(t, c) for t, c in shape], [t - c for t, c in shape]).wait()
 
     def profile_peak_memory(self, num_tokens: int, num_seqs: int, max_model_len: int) -> int:
         """Bytes of activation memory a worst-case step needs beyond the weights (CUDA only).
@@ -128,13 +148,18 @@ class ModelRunner:
             if end == seq.num_tokens:
                 logits_rows.append(query_start[-1] - 1)
         max_blocks = max(len(s.block_table) for s in seqs)
-        tables = []
+        ints = array.array("i", query_start)
+        ints.extend(seq_lens)
+        padding = array.array("i", bytes(4 * max_blocks))
         for s in seqs:
-            tables.extend(s.block_table)
-            tables.extend([0] * (max_blocks - len(s.block_table)))
+            ints.extend(s.block_table)
+            ints.extend(padding[:max_blocks - len(s.block_table)])
         num_tokens, num_seqs = len(input_ids), len(seqs)
-        longs = to_device(input_ids + positions + slots + logits_rows, torch.int64, self.device)
-        ints = to_device(query_start + seq_lens + tables, torch.int32, self.device)
+        longs = array.array("q", input_ids)
+        for part in (positions, slots, logits_rows):
+            longs.extend(part)
+        longs = to_device(longs, torch.int64, self.device)
+        ints = to_device(ints, torch.int32, self.device)
         num_decodes = next((i for i, n in enumerate(num_new_tokens) if n != 1), len(num_new_tokens))
         meta = AttentionMetadata(
             slot_mapping=longs[2 * num_tokens:3 * num_tokens],

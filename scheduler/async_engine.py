@@ -48,17 +48,18 @@ class AsyncEngine:
 
     async def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                      request_id: str | None = None, task: str = "general",
-                     priority: int = 0) -> AsyncIterator[RequestOutput]:
+                     priority: int = 0, stream: bool = True) -> AsyncIterator[RequestOutput]:
         """Queue a request and return its stream of outputs (deltas) once the engine has accepted it.
 
-        Raises ValueError for a prompt the engine cannot serve. Closing the stream early (a client
+        Raises ValueError for a prompt the engine cannot serve. With stream=False the stream yields
+        one output, the finished request. Closing the stream early (a client
         disconnect, a timeout) aborts the request and frees its KV blocks.
         """
         self._ensure_loop()
         request_id = request_id or uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
         accepted = asyncio.get_running_loop().create_future()
-        self._pending.append(("add", request_id, prompt, params, task, priority, queue, accepted))
+        self._pending.append(("add", request_id, prompt, params, task, priority, stream, queue, accepted))
         self._wakeup.set()
         try:
             await accepted
@@ -93,7 +94,7 @@ class AsyncEngine:
     async def complete(self, prompt: str | list[int], params: SamplingParams | None = None,
                        **kwargs) -> RequestOutput:
         """Run one request to the end and return its merged output."""
-        return merge_outputs([out async for out in self.generate(prompt, params, **kwargs)])
+        return merge_outputs([out async for out in self.generate(prompt, params, stream=False, **kwargs)])
 
     def abort(self, request_id: str) -> None:
         """Cancel a request; its blocks are freed before the next step."""
@@ -108,11 +109,11 @@ class AsyncEngine:
                 self._streams.pop(item[1], None)
                 self.engine.abort_request(item[1])
                 continue
-            _, request_id, prompt, params, task, priority, queue, accepted = item
+            _, request_id, prompt, params, task, priority, stream, queue, accepted = item
             if accepted.done():  # the caller went away before we got to it
                 continue
             try:
-                self.engine.add_request(request_id, prompt, params, task=task, priority=priority)
+                self.engine.add_request(request_id, prompt, params, task=task, priority=priority, stream=stream)
             except ValueError as e:
                 accepted.set_exception(e)
                 continue

@@ -66,6 +66,7 @@ class _RequestState:
     logprobs_sent: list[int]
     task: str
     arrival_time: float
+    stream: bool = True        # False: one output, when every sample has finished
     first_token_time: float | None = None
 
 
@@ -94,6 +95,7 @@ class LLMEngine:
             compile_small_ops()
             if getattr(backend, "supports_cuda_graphs", False):
                 self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
+            self.runner.warm_up()
         self.scheduler = Scheduler(
             SchedulerConfig(max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
                             max_model_len=self.max_model_len, block_size=config.block_size,
@@ -136,8 +138,12 @@ class LLMEngine:
         return list(prompt)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None, *,
-                    task: str = "general", priority: int = 0, arrival_time: float | None = None) -> None:
-        """Queue a request. Raises ValueError (and changes nothing) if it cannot be served."""
+                    task: str = "general", priority: int = 0, arrival_time: float | None = None,
+                    stream: bool = True) -> None:
+        """Queue a request. Raises ValueError (and changes nothing) if it cannot be served.
+
+        With stream=False `step` reports the request once, finished, instead of after every token.
+        """
         params = params or SamplingParams()
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -159,7 +165,7 @@ class LLMEngine:
                   for _ in seqs]
         self._requests[request_id] = _RequestState(
             request_id, prompt if isinstance(prompt, str) else None, prompt_ids, seqs, detoks,
-            [0] * len(seqs), [0] * len(seqs), task, arrival)
+            [0] * len(seqs), [0] * len(seqs), task, arrival, stream)
         self.scheduler.add(seqs)
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
@@ -237,7 +243,14 @@ class LLMEngine:
                 else:
                     self.scheduler.finish(seq, "stop")
             touched.setdefault(seq.request_id, []).append(seq.sample_index)
-        return [self._output(self._requests[rid], idx) for rid, idx in touched.items()]
+        outputs = []
+        for rid, indices in touched.items():
+            state = self._requests[rid]
+            if state.stream:
+                outputs.append(self._output(state, indices))
+            elif all(s.is_finished for s in state.seqs):
+                outputs.append(self._output(state, range(len(state.seqs))))
+        return outputs
 
     def _discard_pending_tokens(self) -> None:
         # After a failed step no token is coming: whoever still waits for one is aborted.

@@ -32,7 +32,7 @@ class LLM:
         deltas: dict[str, list[RequestOutput]] = {rid: [] for rid in ids}
         try:
             for rid, prompt, p in zip(ids, prompts, params_list):
-                self.engine.add_request(rid, prompt, p)
+                self.engine.add_request(rid, prompt, p, stream=False)
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
                     deltas[out.request_id].append(out)

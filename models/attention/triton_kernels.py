@@ -21,8 +21,12 @@ _LOG2E = 1.4426950408889634
 _MIN_DOT = 16
 
 # Decode launch: KV tokens per loop iteration (BLOCK_N), warps and software-pipeline stages.
-# Chosen by `python -m bench.decode_attention_sweep` on an H100 (see BENCHMARKS.md).
-DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+# Chosen by `python -m bench.decode_attention_sweep` on an H100 (see BENCHMARKS.md). Integer
+# arguments that change from step to step are marked do_not_specialize below, and the metadata
+# pointers (slices of one packed host->device copy, at any offset) do_not_specialize_on_alignment:
+# Triton would otherwise compile variants (for == 1, multiples of 16, 16-byte alignment) at run
+# time, under live traffic. They are read once per token or tile, so alignment buys nothing there.
+DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 # The fewest tokens a split-KV partition is given, so each partition runs several iterations and
 # the extra reduce pass stays small next to the main one.
 _MIN_PARTITION = 256
@@ -75,7 +79,8 @@ def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
 # Decode: one query token per sequence, split-KV
 # ------------------------------------------------------------------------------------------------
 
-@triton.jit
+@triton.jit(do_not_specialize=["partition_size", "num_splits", "stride_bt"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr"])
 def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr,
                    part_max_ptr, part_sum_ptr, part_acc_ptr,
                    qk_scale, partition_size, num_splits, num_q_heads,
@@ -137,7 +142,7 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_p
                  out.to(out_ptr.dtype.element_ty), mask=head_mask[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_reduce_kernel(part_max_ptr, part_sum_ptr, part_acc_ptr, out_ptr, num_splits, num_q_heads,
                           stride_ot, stride_oh, HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr):
     """Program (seq, q_head): merge the partitions' (max, sum, acc) into the normalised output row."""
@@ -187,6 +192,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         max_seq_len = int(seq_lens.max())
     if num_splits is None:
         num_splits = decode_num_splits(num_seqs, num_kv_heads, max_seq_len, _num_sms(q.device))
+    num_splits = min(num_splits, _MAX_SPLITS)  # the reduce kernel merges at most this many
     # Partitions are whole KV tiles; recount the splits so none is empty for the longest sequence.
     block_n = DECODE_CONFIG["BLOCK_N"]
     partition = triton.cdiv(triton.cdiv(max_seq_len, num_splits), block_n) * block_n
@@ -209,7 +215,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if split:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             part_max, part_sum, part_acc, out, num_splits, num_q_heads, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4)
+            HEAD_DIM=head_dim, SPLITS_PAD=_MAX_SPLITS, num_warps=4)
     return out
 
 
@@ -217,7 +223,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 # Prefill: varlen causal attention over the cached prefix and the chunk itself
 # ------------------------------------------------------------------------------------------------
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "query_start_loc_ptr", "seq_lens_ptr"])
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
                     qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
