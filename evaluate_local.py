@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=COURSE_MAX_TOKENS,
                     help="max_tokens sent with each request (the course sends 2048; the policy still caps it)")
     ap.add_argument("--request-timeout", type=float, default=7200.0,
-                    help="in-process: seconds a request may take before it fails (a CPU run at the full budget is slow)")
+                    help="seconds a request may take before it fails (a CPU run at the full budget is slow); "
+                         "give a server its own --request-timeout too")
     ap.add_argument("--use_8bit", action="store_true", help="not implemented yet: exits with an error")
     ap.add_argument("--use_4bit", action="store_true", help="not implemented yet: exits with an error")
     add_judge_arguments(ap)
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     tasks = TASKS if args.task == "all" else (args.task,)
     if args.server:
         from evaluation.backends import HttpBackend
-        backend = HttpBackend(args.server)
+        backend = HttpBackend(args.server, timeout_s=args.request_timeout)
         backend_label = f"server {args.server}"
     else:
         from evaluation.backends import InProcessBackend
