@@ -11,10 +11,12 @@ TTFT, TPOT and ITL p50/p99, and the share of requests that finished within their
 then the highest rate up to which every request did. `--json FILE` keeps every request's record.
 
 Definitions (as in vLLM's serving benchmark):
-    TTFT  send -> first chunk carrying tokens (the server sends a chunk for every step that
-          produced tokens, even when their text is still held back).
+    TTFT  send -> first chunk carrying tokens (the server sends a chunk whenever tokens are
+          ready, even when their text is still held back).
     TPOT  per request, (end-to-end latency - TTFT) / (output tokens - 1).
-    ITL   gaps between consecutive token-carrying chunks, pooled over all requests of a rate.
+    ITL   gaps between consecutive token-carrying chunks, pooled over all requests of a rate (a
+          client that falls behind gets the tokens waiting for it in one chunk, so under load a
+          chunk can carry several tokens; TPOT is per token).
     Throughput divides by the wall time from the rate's start to its last response.
 
 The request mix: the course's dev_test prompts (`evaluation.sets`, 100 per task), a task drawn

@@ -72,9 +72,15 @@ class AsyncEngine:
         finished = False
         try:
             while not finished:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
+                items = [await queue.get()]
+                # A consumer that fell behind the engine gets the deltas waiting for it as one: under
+                # load that is one chunk per visit instead of one per token.
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                error = next((i for i in items if isinstance(i, BaseException)), None)
+                if error is not None:
+                    raise error
+                item = items[0] if len(items) == 1 else merge_outputs(items)
                 finished = item.finished
                 yield item
         finally:

@@ -40,7 +40,7 @@ def test_benchmark_streams_every_request_and_reports(server, capsys):
         assert r["completion_tokens"] == r["max_tokens"]           # ignore_eos: exactly what was drawn
         assert r["served_task"] == r["task"]                       # the router labelled the unlabelled prompt
         assert 0 < r["ttft"] <= r["latency"]
-        assert len(r["itl"]) == r["max_tokens"] - 1                 # one chunk per token
+        assert len(r["itl"]) <= r["max_tokens"] - 1                 # at most one chunk per token
     for row in rows:
         assert row["finished"] == row["sent"] == 6 and row["errors"] == 0
         assert row["req_per_s"] > 0 and row["output_tok_per_s"] > 0
