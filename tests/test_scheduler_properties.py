@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from models.sampler import SamplingParams
 from scheduler.scheduler import Scheduler, SchedulerConfig
-from scheduler.sequence import SeqStatus, Sequence
+from scheduler.sequence import PLACEHOLDER_TOKEN, SeqStatus, Sequence
 
 EOS = 0
 VOCAB = 6  # small, so EOS (1 in 6) ends many samples early
@@ -63,7 +63,9 @@ class FakeModel:
     def _slot(self, seq: Sequence, pos: int):
         return seq.block_table[pos // self.bs], pos % self.bs
 
-    def run(self, batch) -> dict[int, int]:
+    def run(self, batch, pending: dict[int, int] | None = None) -> dict[int, int]:
+        """Sampled token per sampling seq_id. `pending`: the step in flight's tokens, which stand in
+        for the placeholders they will replace (the GPU reads them on the device)."""
         sampled = {}
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start = seq.num_computed_tokens
@@ -78,7 +80,10 @@ class FakeModel:
                 # Writes only ever go to a block this sequence owns alone and that is not published.
                 assert block.ref_count == 1 and block.block_hash is None, (
                     f"seq {seq.seq_id} writes position {pos} into shared/cached block {b}")
-                prev = _mix(prev, seq.token_ids[pos])
+                token = seq.token_ids[pos]
+                if token == PLACEHOLDER_TOKEN:
+                    token = pending[seq.seq_id]
+                prev = _mix(prev, token)
                 self.kv[b][s] = prev
             if batch.samples(i):
                 sampled[seq.seq_id] = _sample(prev, seq.sample_index, self.salt)
@@ -198,7 +203,10 @@ def check_batch(sched: Scheduler, batch, waiting_before: list[Sequence], now: fl
 
 
 def drive(cfg: SchedulerConfig, num_blocks: int, reqs: list[Req], cancels: list[Cancel] = (), *,
-          salt: int = 0, dt: float = 1.0, max_steps: int = 20_000) -> RunResult:
+          salt: int = 0, dt: float = 1.0, max_steps: int = 20_000, overlap: bool = False) -> RunResult:
+    """Run the traffic to the end, checking state and batches at every step. With `overlap` the
+    steps run as the engine's async scheduling does: step N+1 is scheduled and run before step N's
+    tokens are recorded (`advance` now, `record_token` one step later)."""
     clock = FakeClock()
     sched = Scheduler(cfg, num_blocks, eos_token_ids=[EOS], clock=clock)
     model = FakeModel(sched, salt)
@@ -223,6 +231,7 @@ def drive(cfg: SchedulerConfig, num_blocks: int, reqs: list[Req], cancels: list[
         by_step[c.step, c.point].append(c)
     returned_finished: set[int] = set()
     num_chunked = 0
+    in_flight = None  # overlap: (sequences that sampled, their tokens) of the step not yet recorded
 
     def apply_cancels(step, point):
         for c in by_step.get((step, point), ()):
@@ -251,16 +260,24 @@ def drive(cfg: SchedulerConfig, num_blocks: int, reqs: list[Req], cancels: list[
         apply_cancels(step, "before")
         live = [s for s in all_seqs if not s.is_finished]
         check_state(sched, live)
-        if not sched.has_work() and all(r.arrival_step <= step for r in reqs):
+        if not sched.has_work() and in_flight is None and all(r.arrival_step <= step for r in reqs):
             break
         assert step < max_steps, "no progress: livelock"
         waiting_before = list(sched.waiting)  # queued; not the samples deferred behind their leader
         batch = sched.schedule()
         check_batch(sched, batch, waiting_before, clock.t)
         num_chunked += sum(not batch.samples(i) for i in range(len(batch.seqs)))
-        sampled = model.run(batch)
+        sampled = model.run(batch, in_flight[1] if in_flight else None)
         apply_cancels(step, "mid")
-        finished = sched.update(batch, sampled)
+        if overlap:
+            finished = []
+            if in_flight is not None:
+                sampling, tokens = in_flight
+                finished = [seq for seq in sampling
+                            if not seq.is_finished and sched.record_token(seq, tokens[seq.seq_id])]
+            in_flight = (sched.advance(batch), sampled) if batch.seqs else None
+        else:
+            finished = sched.update(batch, sampled)
         for seq in finished:
             assert seq.finish_reason in ("stop", "length")
             assert seq.seq_id not in returned_finished
@@ -332,17 +349,19 @@ def workloads(draw, with_cancels=True):
 # ----------------------------------------------------------------------------- properties
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workloads())
-def test_random_traffic_keeps_every_invariant(w):
-    """Properties 1-4 and 6 at every step; outputs equal the single-sequence reference (5)."""
+@given(workloads(), st.booleans())
+def test_random_traffic_keeps_every_invariant(w, overlap):
+    """Properties 1-4 and 6 at every step; outputs equal the single-sequence reference (5); the
+    same with overlapped steps (tokens recorded one step late)."""
     cfg, num_blocks, reqs, cancels, dt, salt = w
-    result = drive(cfg, num_blocks, reqs, cancels, salt=salt, dt=dt)
+    result = drive(cfg, num_blocks, reqs, cancels, salt=salt, dt=dt, overlap=overlap)
     check_outputs(reqs, result, salt, cfg.max_model_len)
     event(f"preempted: {result.num_preemptions > 0}")
     event(f"prefix hit: {result.prefix_hit_tokens > 0}")
     event(f"chunked prefill: {result.num_chunked > 0}")
     event(f"cancelled: {len(result.aborted) > 0}")
     event(f"n>1: {any(r.params.n > 1 for r in reqs)}")
+    event(f"overlap: {overlap}")
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -350,7 +369,7 @@ def test_random_traffic_keeps_every_invariant(w):
 def test_tiny_pool_output_equals_huge_pool_output(w):
     """Preemption and eviction under a tiny pool change nothing in what each sample generates."""
     cfg, num_blocks, reqs, _, dt, salt = w
-    tiny = drive(cfg, num_blocks, reqs, salt=salt, dt=dt)
+    tiny = drive(cfg, num_blocks, reqs, salt=salt, dt=dt, overlap=True)
     huge_cfg = dataclasses.replace(cfg, max_num_seqs=64, max_num_batched_tokens=4096)
     huge = drive(huge_cfg, 512, reqs, salt=salt, dt=dt)
     assert huge.num_preemptions == 0
