@@ -110,13 +110,13 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         device = logits.device
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows):  # index lists go through pinned memory: no host sync
             if row.params.allowed_token_ids is not None:
                 keep = torch.full_like(logits[i], float("-inf"))
-                keep[row.params.allowed_token_ids] = 0.0
+                keep[to_device(row.params.allowed_token_ids, torch.int64, device)] = 0.0
                 logits[i] += keep
             if row.banned_token_ids:
-                logits[i, list(row.banned_token_ids)] = float("-inf")
+                logits[i, to_device(row.banned_token_ids, torch.int64, device)] = float("-inf")
         out = SamplerOutput(token_ids=logits.argmax(dim=-1))
         want_logprobs = [r.params.logprobs for r in rows if r.params.logprobs is not None]
         if want_logprobs:
