@@ -142,3 +142,32 @@ def test_two_engines_in_one_process(tiny_model_dir, expected):
     outs = asyncio.run(main())
     for i, exp in enumerate(expected):
         assert outs[2 * i].outputs[0].token_ids == exp.token_ids == outs[2 * i + 1].outputs[0].token_ids
+
+
+def test_warm_up_touches_only_the_scratch_block(tiny_model_dir, expected):
+    """The start-up warm-up (run on CUDA before serving) leaves the pool untouched and outputs unchanged."""
+    llm = LLM(str(tiny_model_dir), async_scheduling=True)
+    pool = llm.engine.scheduler.block_manager.pool
+    llm.engine.runner.warm_up()
+    assert pool.num_free == pool.num_blocks
+    assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)] == [e.token_ids for e in expected]
+    assert pool.num_free == pool.num_blocks
+
+
+def test_a_stream_that_fell_behind_gets_its_deltas_merged(tiny_model_dir, expected):
+    """Deltas queued while the consumer was away arrive as one, with nothing lost or repeated."""
+    engine = _engine(tiny_model_dir)
+
+    async def main():
+        stream = await engine.submit(PROMPTS[0], GREEDY)
+        first = await stream.__anext__()
+        while engine.engine.has_unfinished_requests():  # let the engine run ahead of this consumer
+            await asyncio.sleep(0.01)
+        rest = [out async for out in stream]
+        await engine.shutdown()
+        return first, rest
+
+    first, rest = asyncio.run(main())
+    assert len(rest) == 1 and rest[0].finished
+    assert first.outputs[0].token_ids + rest[0].outputs[0].token_ids == expected[0].token_ids
+    assert first.outputs[0].text + rest[0].outputs[0].text == expected[0].text
