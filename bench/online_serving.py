@@ -249,8 +249,8 @@ async def warm_up(client: httpx.AsyncClient, url: str, prompts: dict[str, list[s
     """Prompts of every length in the set: short answers one at a time, then all at once with each
     task's longest answer.
 
-    The first step at a new size compiles kernels for it (on an H100, stalls of 0.5-3 s at the first
-    long prompts and long decodes), which would otherwise land in the first rate's latencies.
+    Whatever a first use of a size still costs the server (before the engine warmed itself up at
+    start, an H100 stalled 0.5-3 s at the first long prompts) lands here, not in the first rate.
     """
     by_length = sorted(((p, task) for task in TASKS for p in prompts[task]), key=lambda pt: len(pt[0]))
     spread = [by_length[round(i * (len(by_length) - 1) / (WARM_UP_PROMPTS - 1))] for i in range(WARM_UP_PROMPTS)]
