@@ -41,9 +41,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step per batch size")
     args = ap.parse_args()
 
+    from models.rows import PlainRow
     from models.sampler import SamplingParams
     from scheduler.engine import EngineConfig, LLMEngine
-    from scheduler.sequence import Sequence
 
     engine = LLMEngine(EngineConfig(model=args.model, load_format="dummy", attention_backend=args.attention_backend))
     runner, cfg, device = engine.runner, engine.model_config, engine.device
@@ -62,13 +62,8 @@ def main() -> None:
         if batch * blocks_per_seq > engine.num_kv_blocks:
             print(f"batch {batch}: needs {batch * blocks_per_seq} blocks, pool has {engine.num_kv_blocks}; skipped")
             continue
-        seqs = []
-        for i in range(batch):
-            s = Sequence(seq_id=i, request_id=str(i), token_ids=[7] * (args.context + 1),
-                         num_prompt_tokens=args.context, params=SamplingParams(temperature=0), arrival_time=0.0)
-            s.block_table = list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
-            s.num_computed_tokens = args.context
-            seqs.append(s)
+        seqs = [PlainRow([7] * (args.context + 1), list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)),
+                         args.context, SamplingParams(temperature=0), num_output_tokens=1) for i in range(batch)]
         ones = [1] * batch
         for _ in range(3):
             runner.execute(seqs, ones).wait()

@@ -1,4 +1,7 @@
-"""The K and V tensors behind the block pool, and how many blocks a memory budget buys."""
+"""The K and V tensors behind the block pool, and how many blocks a memory budget buys.
+
+They live with the model (its layers read and write them); kv_cache/ only hands out block ids.
+"""
 
 from __future__ import annotations
 

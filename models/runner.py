@@ -8,12 +8,14 @@ import dataclasses
 
 import torch
 
-from kv_cache.cache_tensors import allocate_kv_cache
 from models.attention.metadata import AttentionMetadata
 from models.cuda_graphs import DecodeGraphs
 from models.decoder import DecoderModel
 from models.host_copy import to_device
-from models.sampler import Sampler, SamplerOutput, SamplingRow
+from models.kv_tensors import allocate_kv_cache
+from models.rows import PlainRow, Row
+from models.sampler import Sampler, SamplerOutput, SamplingParams
+from models.stop_rule import StopRule
 
 
 @dataclasses.dataclass(slots=True)
@@ -21,7 +23,7 @@ class StepResult:
     """A launched step. Its sampled tokens are on the device at once (`device_token_ids`, the input of
     the next step's placeholders) and in `output` on the host once `wait()` returns."""
 
-    sampled_seqs: list          # the sequences that sampled, in row order of `output`
+    sampled_seqs: list[Row]     # the sequences that sampled, in row order of `output`
     output: SamplerOutput
     device_token_ids: torch.Tensor | None = None
     ready: torch.cuda.Event | None = None
@@ -37,18 +39,17 @@ class StepResult:
 class ModelRunner:
     """Owns a model, its KV cache tensors and its CUDA stream (several runners can share a process).
 
-    The scheduler's sequences are only read here; the runner never changes scheduling state.
+    It runs rows (models.rows.Row: the scheduler's sequences, or plain rows) and only reads them.
     """
 
     def __init__(self, model: DecoderModel, block_size: int, kv_dtype: torch.dtype, device: torch.device,
-                 eos_token_ids=()):
+                 stop_rule: StopRule = StopRule()):
         self.model = model
         self.device = device
         self.block_size = block_size
         self.kv_dtype = kv_dtype
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.sampler = Sampler()
-        self.eos_token_ids = tuple(eos_token_ids)
+        self.sampler = Sampler(stop_rule)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.decode_graphs: DecodeGraphs | None = None
 
@@ -69,19 +70,14 @@ class ModelRunner:
         sequences, decodes mixed with a prefill. torch.compile builds its shape variants now rather
         than under the first requests (each costs seconds). Everything is written to the scratch block.
         """
-        from models.sampler import SamplingParams
-        from scheduler.sequence import Sequence
         n = min(self.block_size, 4)
+        greedy = SamplingParams(temperature=0)
 
-        def seq(num_tokens: int, num_computed: int) -> Sequence:
-            s = Sequence(seq_id=-1, request_id="warm-up", token_ids=[0] * num_tokens, num_prompt_tokens=num_tokens,
-                         params=SamplingParams(temperature=0), arrival_time=0.0)
-            s.block_table = [self.scratch_block]
-            s.num_computed_tokens = num_computed
-            return s
+        def row(num_tokens: int, num_computed: int) -> PlainRow:
+            return PlainRow([0] * num_tokens, [self.scratch_block], num_computed, greedy)
 
         for shape in ([(1, 0)], [(n, 0)], [(n, 0), (n, 0)], [(n, n - 1), (n, 0)], [(n, n - 1), (n, n - 1)]):
-            self.execute([seq(t, c) for t, c in shape], [t - c for t, c in shape]).wait()
+            self.execute([row(t, c) for t, c in shape], [t - c for t, c in shape]).wait()
 
     def profile_peak_memory(self, num_tokens: int, num_seqs: int, max_model_len: int) -> int:
         """Bytes of activation memory a worst-case step needs beyond the weights (CUDA only).
@@ -89,8 +85,6 @@ class ModelRunner:
         Runs one prefill of `num_tokens` tokens (in sequences no longer than `max_model_len`) into a
         throwaway cache and samples `num_seqs` rows.
         """
-        from scheduler.sequence import Sequence
-        from models.sampler import SamplingParams
         lengths = [min(max_model_len, num_tokens - start) for start in range(0, num_tokens, max_model_len)]
         blocks_per_seq = [-(-n // self.block_size) for n in lengths]
         self.allocate_kv_cache(sum(blocks_per_seq))
@@ -98,17 +92,14 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         params = SamplingParams(temperature=1.0, top_p=0.9)
-        seqs, first_block = [], 0
-        for i, (n, nb) in enumerate(zip(lengths, blocks_per_seq)):
-            seq = Sequence(seq_id=-1 - i, request_id="profile", token_ids=[0] * n, num_prompt_tokens=n,
-                           params=params, arrival_time=0.0)
-            seq.block_table = list(range(first_block, first_block + nb))
+        rows, first_block = [], 0
+        for n, nb in zip(lengths, blocks_per_seq):
+            rows.append(PlainRow([0] * n, list(range(first_block, first_block + nb)), params=params))
             first_block += nb
-            seqs.append(seq)
-        self.execute(seqs, lengths)
+        self.execute(rows, lengths)
         with torch.inference_mode():
             logits = torch.zeros(num_seqs, self.model.cfg.vocab_size, device=self.device)
-            self.sampler(logits, [self.sampling_row(seqs[0])] * num_seqs)
+            self.sampler(logits, [rows[0]] * num_seqs)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - before
         self.kv_caches = []
@@ -125,7 +116,7 @@ class ModelRunner:
     def _stream_context(self):
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
-    def prepare(self, seqs, num_new_tokens) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+    def prepare(self, seqs: list[Row], num_new_tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         """Flatten the step into input ids, positions, attention metadata and the rows to sample from
         (the last row of each sequence that completes). Two host->device copies: one of int64 (ids,
         positions, slots, rows), one of int32 (offsets, lengths, tables)."""
@@ -175,9 +166,10 @@ class ModelRunner:
         return longs[:num_tokens], longs[num_tokens:2 * num_tokens], meta, longs[3 * num_tokens:]
 
     @torch.inference_mode()
-    def execute(self, seqs, num_new_tokens, pending_inputs=None) -> StepResult:
+    def execute(self, seqs: list[Row], num_new_tokens: list[int], pending_inputs=None) -> StepResult:
         """Launch the forward for one step and the sampling of every sequence that reaches its last
         token; returns without waiting for the GPU (call `wait()` on the result for the tokens).
+        Raises models.errors.SequenceError when one sequence's own data fails its sampling.
 
         pending_inputs: (device tokens of the step in flight, [(input row, its row there)]) for the
         sequences whose input token is still a placeholder.
@@ -200,8 +192,7 @@ class ModelRunner:
             if logits_rows.shape[0] < hidden.shape[0]:
                 hidden = hidden.index_select(0, logits_rows)
             logits = self.model.compute_logits(hidden)
-            rows = [self.sampling_row(s) for s in sampled_seqs]
-            output = self.sampler(logits, rows)
+            output = self.sampler(logits, sampled_seqs)
             device_tokens = output.token_ids
             host = SamplerOutput(*(self._to_host(t) for t in (output.token_ids, output.logprobs, output.top_ids,
                                                               output.top_logprobs)))
@@ -218,10 +209,3 @@ class ModelRunner:
         host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         host.copy_(t, non_blocking=True)
         return host
-
-    def sampling_row(self, seq) -> SamplingRow:
-        p = seq.params
-        banned = ()
-        if seq.num_output_tokens < p.min_tokens:
-            banned = tuple(p.stop_token_ids) + (() if p.ignore_eos else self.eos_token_ids)
-        return SamplingRow(p, seq.seed, seq.num_output_tokens, banned)

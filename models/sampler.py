@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
+from models.errors import SequenceError
 from models.host_copy import to_device
+from models.stop_rule import StopRule
 
 
 @dataclasses.dataclass(slots=True)
@@ -31,25 +34,30 @@ class SamplingParams:
     def __post_init__(self):
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        for name in ("temperature", "top_p", "min_p"):
+            setattr(self, name, _finite_float(name, getattr(self, name)))
         checks = [
-            (isinstance(self.n, int) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}"),
-            (self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+            (_is_int(self.n) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}"),
+            (self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1),
              f"max_tokens must be an integer >= 1, got {self.max_tokens!r}"),
-            (isinstance(self.min_tokens, int) and self.min_tokens >= 0,
+            (_is_int(self.min_tokens) and self.min_tokens >= 0,
              f"min_tokens must be an integer >= 0, got {self.min_tokens!r}"),
             (self.max_tokens is None or self.min_tokens <= self.max_tokens,
              f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"),
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (isinstance(self.top_k, int) and self.top_k >= -1, f"top_k must be -1, 0 or positive, got {self.top_k!r}"),
+            (_is_int(self.top_k) and self.top_k >= -1, f"top_k must be -1, 0 or a positive integer, got {self.top_k!r}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
-            (self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
+            (self.seed is None or _is_int(self.seed), f"seed must be an integer, got {self.seed!r}"),
+            (self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= 20),
              f"logprobs must be an integer in [0, 20], got {self.logprobs!r}"),
-            (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
-            (all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids must be token ids"),
-            (self.allowed_token_ids is None or (len(self.allowed_token_ids) > 0 and all(
-                isinstance(t, int) and t >= 0 for t in self.allowed_token_ids)),
+            (isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop),
+             "stop must be non-empty strings"),
+            (_token_ids(self.stop_token_ids), "stop_token_ids must be a list of token ids"),
+            (self.allowed_token_ids is None or (_token_ids(self.allowed_token_ids) and len(self.allowed_token_ids) > 0),
              "allowed_token_ids must be a non-empty list of token ids"),
+            (isinstance(self.ignore_eos, bool) and isinstance(self.skip_special_tokens, bool),
+             "ignore_eos and skip_special_tokens must be booleans"),
         ]
         for ok, message in checks:
             if not ok:
@@ -57,19 +65,38 @@ class SamplingParams:
         if self.top_k == -1:
             self.top_k = 0
 
+    def check_vocab(self, vocab_size: int) -> None:
+        """Raise ValueError unless every token id named here lies inside a vocabulary of `vocab_size`
+        ids and top_k does not exceed it: an id past the logits would fail the sampler's whole batch."""
+        for name, ids in (("stop_token_ids", self.stop_token_ids), ("allowed_token_ids", self.allowed_token_ids)):
+            bad = next((t for t in ids or () if t >= vocab_size), None)
+            if bad is not None:
+                raise ValueError(f"{name} must be below the vocabulary size {vocab_size}, got {bad}")
+        if self.top_k > vocab_size:
+            raise ValueError(f"top_k must not exceed the vocabulary size {vocab_size}, got {self.top_k}")
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
 
-@dataclasses.dataclass(slots=True)
-class SamplingRow:
-    """One row of the logits to sample: its parameters and where its output stands."""
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    params: SamplingParams
-    seed: int | None          # the sequence's own seed (n > 1 samples get distinct ones)
-    num_output_tokens: int    # tokens generated so far; keys the seeded noise and min_tokens
-    banned_token_ids: tuple[int, ...] = ()  # stop/EOS ids masked while below min_tokens
+
+def _token_ids(values) -> bool:
+    return isinstance(values, (list, tuple)) and all(_is_int(t) and t >= 0 for t in values)
+
+
+def _finite_float(name: str, value) -> float:
+    # A float the device can take: no NaN or infinity, and no integer too large for a double.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            if math.isfinite(value := float(value)):
+                return value
+        except OverflowError:
+            pass
+    raise ValueError(f"{name} must be a finite number")
 
 
 @dataclasses.dataclass(slots=True)
@@ -108,15 +135,18 @@ class Sampler:
     seeded rows bring their own noise while the rest share one batched draw.
     """
 
-    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+    def __init__(self, stop_rule: StopRule = StopRule()):
+        self.stop_rule = stop_rule
+
+    def __call__(self, logits: torch.Tensor, rows: list) -> SamplerOutput:
+        """Sample row i of `logits` as rows[i] (a models.rows.Row) asks. Raises SequenceError for a
+        row whose own data fails, so that only its sequence fails."""
         device = logits.device
-        for i, row in enumerate(rows):  # index lists go through pinned memory: no host sync
-            if row.params.allowed_token_ids is not None:
-                keep = torch.full_like(logits[i], float("-inf"))
-                keep[to_device(row.params.allowed_token_ids, torch.int64, device)] = 0.0
-                logits[i] += keep
-            if row.banned_token_ids:
-                logits[i, to_device(row.banned_token_ids, torch.int64, device)] = float("-inf")
+        for i, row in enumerate(rows):
+            try:
+                self._constrain(logits[i], row)
+            except Exception as e:
+                raise SequenceError(row, e) from e
         out = SamplerOutput(token_ids=logits.argmax(dim=-1))
         want_logprobs = [r.params.logprobs for r in rows if r.params.logprobs is not None]
         if want_logprobs:
@@ -140,6 +170,19 @@ class Sampler:
             if k:
                 out.top_logprobs, out.top_ids = logprobs.topk(k, dim=-1)
         return out
+
+    def _constrain(self, row_logits: torch.Tensor, row) -> None:
+        """Mask, in place, what this row may not draw: tokens outside allowed_token_ids, and the
+        stopping ids while below min_tokens. Index lists go through pinned memory: no host sync."""
+        device = row_logits.device
+        allowed = row.params.allowed_token_ids
+        if allowed is not None:
+            keep = torch.full_like(row_logits, float("-inf"))
+            keep[to_device(allowed, torch.int64, device)] = 0.0
+            row_logits += keep
+        banned = self.stop_rule.banned_ids(row.params, row.num_output_tokens)
+        if banned:
+            row_logits[to_device(banned, torch.int64, device)] = float("-inf")
 
 
 def _filtered_probs(logits, temperature, top_k, top_p, min_p) -> torch.Tensor:

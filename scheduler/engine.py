@@ -4,42 +4,45 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
+import math
 import time
 
 import torch
 
-from kv_cache.cache_tensors import num_blocks_for_budget
 from models.attention import get_backend
 from models.decoder import compile_small_ops
+from models.errors import SequenceError
+from models.kv_tensors import num_blocks_for_budget
 from models.loader import load_model
 from models.runner import ModelRunner, StepResult
 from models.sampler import SamplingParams
+from models.stop_rule import StopRule
 from scheduler.detokenizer import IncrementalDetokenizer
-from scheduler.outputs import CompletionOutput, RequestOutput
+from scheduler.outputs import CompletionOutput, EngineStats, RequestOutput
 from scheduler.scheduler import Scheduler, SchedulerConfig
 from scheduler.sequence import PLACEHOLDER_TOKEN, Sequence
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclasses.dataclass(slots=True)
-class EngineConfig:
-    """Everything that fixes an engine: the model, where it runs, its KV budget and scheduling limits."""
+@dataclasses.dataclass(slots=True, kw_only=True)
+class EngineConfig(SchedulerConfig):
+    """Everything that fixes an engine: the model, where it runs, its KV budget, and the scheduling
+    limits (max_num_seqs, max_num_batched_tokens, block_size, enable_prefix_caching, aging_seconds)
+    it inherits from SchedulerConfig with their defaults."""
 
     model: str = "embedded"
     load_format: str = "auto"            # "dummy": random weights in a preset's shapes
     tokenizer: str | None = None         # another model's tokenizer (dummy weights have none)
     dtype: str | None = None             # default: float32 on CPU, bfloat16 on CUDA
     device: str | None = None            # default: cuda if available, else cpu
-    max_model_len: int | None = None     # default: the model's own limit
-    block_size: int = 16
+    max_model_len: int | None = None     # default: the model's own limit (never more than the KV pool holds)
     kv_cache_gib: float | None = None    # fixed KV budget; default 1 GiB on CPU, measured on CUDA
     gpu_memory_utilization: float = 0.9  # CUDA: fraction of the GPU's memory in use once the cache exists
     num_kv_blocks: int | None = None     # overrides both budgets (tests force preemption with it)
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 4096
-    enable_prefix_caching: bool = True
-    aging_seconds: float = 30.0
     attention_backend: str = "auto"      # "triton" on CUDA when installed, else the torch reference
     enforce_eager: bool = False          # CUDA: no decode graphs (they need a backend that supports them)
     async_scheduling: bool | None = None  # schedule step N+1 while the GPU runs step N; default: on for CUDA
@@ -53,6 +56,11 @@ class EngineConfig:
         if name not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}")
         return _DTYPES[name]
+
+    def scheduler_config(self, max_model_len: int) -> SchedulerConfig:
+        """The inherited scheduling limits, with the context limit the engine settled on."""
+        limits = {f.name: getattr(self, f.name) for f in dataclasses.fields(SchedulerConfig)}
+        return SchedulerConfig(**{**limits, "max_model_len": max_model_len})
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -68,6 +76,7 @@ class _RequestState:
     arrival_time: float
     stream: bool = True        # False: one output, when every sample has finished
     first_token_time: float | None = None
+    error: str | None = None   # why the request failed, if its own data broke a step
 
 
 class LLMEngine:
@@ -85,8 +94,8 @@ class LLMEngine:
         eos = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
-        self.eos_token_ids = frozenset(eos)
-        self.runner = ModelRunner(self.model, config.block_size, dtype, device, sorted(eos))
+        stop_rule = StopRule(tuple(sorted(eos)))  # one object: the sampler and the scheduler ask it
+        self.runner = ModelRunner(self.model, config.block_size, dtype, device, stop_rule)
         num_blocks = self._num_kv_blocks(dtype, max_len)
         self.runner.allocate_kv_cache(num_blocks)
         # A single sequence must always fit in the pool, or it could only ever preempt itself.
@@ -96,11 +105,7 @@ class LLMEngine:
             if getattr(backend, "supports_cuda_graphs", False):
                 self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
             self.runner.warm_up()
-        self.scheduler = Scheduler(
-            SchedulerConfig(max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-                            max_model_len=self.max_model_len, block_size=config.block_size,
-                            enable_prefix_caching=config.enable_prefix_caching, aging_seconds=config.aging_seconds),
-            num_blocks, eos_token_ids=eos)
+        self.scheduler = Scheduler(config.scheduler_config(self.max_model_len), num_blocks, stop_rule)
         self._requests: dict[str, _RequestState] = {}
         self._seq_ids = itertools.count()
         self.async_scheduling = (device.type == "cuda" if config.async_scheduling is None
@@ -127,6 +132,16 @@ class LLMEngine:
     def num_kv_blocks(self) -> int:
         return self.scheduler.block_manager.num_blocks
 
+    def stats(self) -> EngineStats:
+        """The engine's load now. Safe to read from another thread while a step runs (the figures
+        may then straddle that step)."""
+        sched, bm = self.scheduler, self.scheduler.block_manager
+        return EngineStats(
+            running=len(sched.running), waiting=len(sched.waiting), waiting_by_task=sched.waiting.depth_by_task(),
+            kv_blocks_total=bm.num_blocks, kv_blocks_free=bm.num_free_blocks,
+            num_preemptions=sched.stats.num_preemptions, prefix_query_tokens=sched.stats.prefix_query_tokens,
+            prefix_hit_tokens=sched.stats.prefix_hit_tokens)
+
     def tokenize(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt given as text or as ids, validated against the vocabulary."""
         if isinstance(prompt, str):
@@ -140,13 +155,18 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None, *,
                     task: str = "general", priority: int = 0, arrival_time: float | None = None,
                     stream: bool = True) -> None:
-        """Queue a request. Raises ValueError (and changes nothing) if it cannot be served.
+        """Queue a request. Raises ValueError (and changes nothing) if it cannot be served: a bad
+        prompt, parameters naming token ids outside the vocabulary, a request id in use.
 
         With stream=False `step` reports the request once, finished, instead of after every token.
+        Lower priorities are served first.
         """
         params = params or SamplingParams()
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if isinstance(priority, bool) or not isinstance(priority, (int, float)) or not math.isfinite(priority):
+            raise ValueError(f"priority must be a finite number, got {priority!r}")
+        params.check_vocab(self.model_config.vocab_size)
         prompt_ids = self.tokenize(prompt)
         if not prompt_ids:
             raise ValueError("the prompt is empty")
@@ -157,8 +177,7 @@ class LLMEngine:
         seqs = [
             Sequence(seq_id=next(self._seq_ids), request_id=request_id, token_ids=list(prompt_ids),
                      num_prompt_tokens=len(prompt_ids), params=params, arrival_time=arrival, task=task,
-                     priority=priority, sample_index=i, seed=None if params.seed is None else params.seed + i,
-                     max_model_len=self.max_model_len)
+                     priority=priority, sample_index=i, seed=None if params.seed is None else params.seed + i)
             for i in range(params.n)
         ]
         detoks = [IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if self.tokenizer else None
@@ -178,6 +197,7 @@ class LLMEngine:
         return self._output(state, range(len(state.seqs)))
 
     def has_unfinished_requests(self) -> bool:
+        """Whether `step` has anything left to do."""
         return bool(self._requests) or self._in_flight is not None
 
     def step(self) -> list[RequestOutput]:
@@ -187,13 +207,25 @@ class LLMEngine:
         host overlaps the GPU: launch step N+1 (inputs still pending from step N are read on the
         device), then wait for and process step N's tokens while step N+1 runs. A sequence that step
         N ends (EOS, stop string) has computed one token too many in N+1; it is dropped.
+
+        A request whose own data raises (in sampling or detokenizing) fails alone: it is finished
+        with finish_reason "error" and its output carries the error; the others carry on unchanged.
         """
         in_flight, self._in_flight = self._in_flight, None
         try:
             batch = self.scheduler.schedule()
             launched = None
             if batch.seqs:
-                launched = self.runner.execute(batch.seqs, batch.num_new_tokens, self._pending_inputs(batch, in_flight))
+                try:
+                    launched = self.runner.execute(batch.seqs, batch.num_new_tokens,
+                                                   self._pending_inputs(batch, in_flight))
+                except SequenceError as e:
+                    # Nothing of this step is recorded yet (`advance` has not run): the next step
+                    # schedules the others' same tokens again, and recomputing K/V is idempotent.
+                    self._in_flight = in_flight
+                    state = self._requests[e.seq.request_id]
+                    self._fail(state, e.seq, e.cause)
+                    return [self._output(state, range(len(state.seqs)))]
             outputs = self._process(in_flight) if in_flight is not None else []
             if launched is not None:
                 self.scheduler.advance(batch)
@@ -227,21 +259,13 @@ class LLMEngine:
             state = self._requests.get(seq.request_id)
             if seq.is_finished or state is None:  # aborted, or ended by an earlier token, meanwhile
                 continue
-            if seq.params.logprobs is not None:
-                top = []
-                if seq.params.logprobs:
-                    ids = out.top_ids[row, :seq.params.logprobs].tolist()
-                    top = list(zip(ids, out.top_logprobs[row, :seq.params.logprobs].tolist()))
-                seq.output_logprobs.append((float(out.logprobs[row]), top))
-            self.scheduler.record_token(seq, token)
+            try:
+                self._take_token(state, seq, token, out, row)
+            except Exception as e:  # this request's data broke: it fails, the rest of the step goes on
+                self._fail(state, seq, e)
+                touched[seq.request_id] = list(range(len(state.seqs)))
+                continue
             state.first_token_time = state.first_token_time or now
-            detok = state.detoks[seq.sample_index]
-            ended_on_token = seq.finish_reason == "stop"  # EOS or a stop token: not part of the text
-            if detok is not None and not ended_on_token and detok.add(token):
-                if seq.is_finished:
-                    seq.finish_reason = "stop"
-                else:
-                    self.scheduler.finish(seq, "stop")
             touched.setdefault(seq.request_id, []).append(seq.sample_index)
         outputs = []
         for rid, indices in touched.items():
@@ -251,6 +275,30 @@ class LLMEngine:
             elif all(s.is_finished for s in state.seqs):
                 outputs.append(self._output(state, range(len(state.seqs))))
         return outputs
+
+    def _take_token(self, state: _RequestState, seq: Sequence, token: int, out, row: int) -> None:
+        """Record one sampled token (row `row` of the step's output): logprobs, stop rules, text."""
+        if seq.params.logprobs is not None:
+            top = []
+            if seq.params.logprobs:
+                ids = out.top_ids[row, :seq.params.logprobs].tolist()
+                top = list(zip(ids, out.top_logprobs[row, :seq.params.logprobs].tolist()))
+            seq.output_logprobs.append((float(out.logprobs[row]), top))
+        self.scheduler.record_token(seq, token)
+        detok = state.detoks[seq.sample_index]
+        ended_on_token = seq.finish_reason == "stop"  # EOS or a stop token: not part of the text
+        if detok is not None and not ended_on_token and detok.add(token):
+            if seq.is_finished:
+                seq.finish_reason = "stop"
+            else:
+                self.scheduler.finish(seq, "stop")
+
+    def _fail(self, state: _RequestState, seq: Sequence, cause: BaseException) -> None:
+        """Finish every sample of a request whose own data raised, freeing their blocks now."""
+        logger.error("request %s failed on sequence %d", state.request_id, seq.seq_id, exc_info=cause)
+        state.error = f"{type(cause).__name__}: {cause}"
+        for s in state.seqs:
+            self.scheduler.finish(s, "error")
 
     def _discard_pending_tokens(self) -> None:
         # After a failed step no token is coming: whoever still waits for one is aborted.
@@ -277,4 +325,4 @@ class LLMEngine:
         return RequestOutput(
             request_id=state.request_id, prompt=state.prompt, prompt_token_ids=state.prompt_ids, outputs=choices,
             finished=finished, task=state.task, arrival_time=state.arrival_time,
-            first_token_time=state.first_token_time, finish_time=time.monotonic() if finished else None)
+            first_token_time=state.first_token_time, error=state.error)

@@ -1,4 +1,4 @@
-"""What the engine hands back: per-request deltas of text, tokens and logprobs."""
+"""What the engine hands back: per-request deltas of text, tokens and logprobs, and its load figures."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    finish_reason: str | None = None
+    finish_reason: str | None = None      # "stop", "length", "abort", or "error" (see RequestOutput.error)
     # Per new token: (logprob of the sampled token, [(token_id, logprob), ...] top alternatives).
     logprobs: list | None = None
     num_preemptions: int = 0
@@ -20,7 +20,11 @@ class CompletionOutput:
 
 @dataclasses.dataclass(slots=True)
 class RequestOutput:
-    """New progress of one request; `finished` is True exactly once, on its last output."""
+    """New progress of one request; `finished` is True exactly once, on its last output.
+
+    `error` is set when the request failed on its own data (every sample then finishes with
+    finish_reason "error"); the other requests in its steps are unaffected.
+    """
 
     request_id: str
     prompt: str | None
@@ -30,8 +34,7 @@ class RequestOutput:
     task: str = "general"
     arrival_time: float = 0.0
     first_token_time: float | None = None
-    finish_time: float | None = None
-    num_cached_tokens: int = 0
+    error: str | None = None
 
 
 def merge_outputs(deltas: list[RequestOutput]) -> RequestOutput:
@@ -48,3 +51,17 @@ def merge_outputs(deltas: list[RequestOutput]) -> RequestOutput:
             acc.finish_reason = c.finish_reason or acc.finish_reason
             acc.num_preemptions = c.num_preemptions
     return dataclasses.replace(last, outputs=[choices[i] for i in sorted(choices)])
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class EngineStats:
+    """A snapshot of an engine's load, for metrics and health checks."""
+
+    running: int                       # sequences holding KV blocks
+    waiting: int                       # sequences queued, new or preempted
+    waiting_by_task: dict[str, int]
+    kv_blocks_total: int
+    kv_blocks_free: int
+    num_preemptions: int               # since start
+    prefix_query_tokens: int           # prompt tokens looked up in the prefix cache, since start
+    prefix_hit_tokens: int             # of those, found cached

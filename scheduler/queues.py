@@ -18,7 +18,7 @@ class TaskQueues:
     aging_seconds, which keeps each queue sorted (arrival order within a priority class).
     """
 
-    def __init__(self, aging_seconds: float = 30.0):
+    def __init__(self, aging_seconds: float):
         if aging_seconds <= 0:
             raise ValueError("aging_seconds must be positive")
         self.aging_seconds = aging_seconds
@@ -33,7 +33,8 @@ class TaskQueues:
             yield from queue
 
     def depth_by_task(self) -> dict[str, int]:
-        return {task: len(q) for task, q in self._queues.items()}
+        """Waiting sequences per task (a copy first: metrics read it while the engine thread steps)."""
+        return {task: len(q) for task, q in list(self._queues.items())}
 
     def _order(self, seq: Sequence) -> tuple:
         return seq.priority + seq.arrival_time / self.aging_seconds, seq.arrival_time, seq.seq_id

@@ -6,23 +6,27 @@ import dataclasses
 import time
 
 from kv_cache.block_manager import BlockManager
+from models.stop_rule import StopRule
 from scheduler.queues import TaskQueues
 from scheduler.sequence import PLACEHOLDER_TOKEN, SeqStatus, Sequence
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, kw_only=True)
 class SchedulerConfig:
+    """The scheduling limits; EngineConfig inherits them, defaults included."""
+
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 4096   # token budget of one step, prefill and decode together
-    max_model_len: int = 8192
+    max_model_len: int                   # tokens a sequence may hold, prompt and output together
     block_size: int = 16
     enable_prefix_caching: bool = True
-    aging_seconds: float = 30.0
+    aging_seconds: float = 30.0          # waiting this long gains a sequence one priority class
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 1:  # None: EngineConfig's "the model's own limit"
+                raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 @dataclasses.dataclass(slots=True)
@@ -36,11 +40,6 @@ class ScheduledBatch:
     @property
     def num_tokens(self) -> int:
         return sum(self.num_new_tokens)
-
-    def samples(self, i: int) -> bool:
-        """Whether sequence i reaches its last known token this step, and so samples the next."""
-        seq = self.seqs[i]
-        return seq.num_computed_tokens + self.num_new_tokens[i] == seq.num_tokens
 
 
 @dataclasses.dataclass(slots=True)
@@ -60,9 +59,10 @@ class Scheduler:
     with what budget is left, reusing cached prefix blocks, unless this step had to preempt.
     """
 
-    def __init__(self, config: SchedulerConfig, num_blocks: int, eos_token_ids=(), clock=time.monotonic):
+    def __init__(self, config: SchedulerConfig, num_blocks: int, stop_rule: StopRule = StopRule(),
+                 clock=time.monotonic):
         self.config = config
-        self.eos_token_ids = frozenset(eos_token_ids)
+        self.stop_rule = stop_rule
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.waiting = TaskQueues(config.aging_seconds)
         self.running: list[Sequence] = []
@@ -77,14 +77,12 @@ class Scheduler:
         if len(seqs) > 1:
             self._deferred[seqs[0].seq_id] = list(seqs[1:])
 
-    def has_work(self) -> bool:
-        return bool(self.running or len(self.waiting))
-
     @staticmethod
     def _rank(seq: Sequence):
         return seq.priority, seq.arrival_time, seq.seq_id
 
     def schedule(self) -> ScheduledBatch:
+        """Pick this step's sequences and how many tokens each computes, allocating their blocks."""
         cfg, bm = self.config, self.block_manager
         budget = cfg.max_num_batched_tokens
         batch = ScheduledBatch([], [], [])
@@ -125,8 +123,6 @@ class Scheduler:
                 self.stats.prefix_hit_tokens += num_cached
                 seq.num_computed_tokens = num_cached
                 seq.status = SeqStatus.RUNNING
-                if seq.first_scheduled_time is None:
-                    seq.first_scheduled_time = now
                 running.append(seq)
                 batch.seqs.append(seq)
                 batch.num_new_tokens.append(n)
@@ -145,14 +141,6 @@ class Scheduler:
         seq.num_preemptions += 1
         self.stats.num_preemptions += 1
         self.waiting.push(seq)
-
-    def update(self, batch: ScheduledBatch, sampled: dict[int, int]) -> list[Sequence]:
-        """Record a finished step at once: `advance`, then each sampled token (by seq_id).
-
-        Returns the sequences that finished on a token-level criterion (EOS, stop token, length).
-        """
-        sampling = self.advance(batch)
-        return [seq for seq in sampling if seq.seq_id in sampled and self.record_token(seq, sampled[seq.seq_id])]
 
     def advance(self, batch: ScheduledBatch) -> list[Sequence]:
         """Record a launched step before its tokens are known: computed tokens, cached blocks, and a
@@ -174,29 +162,23 @@ class Scheduler:
         """Put the sampled token in place of the sequence's placeholder; True if it ends the sequence."""
         assert seq.token_ids[-1] == PLACEHOLDER_TOKEN, "a token arrived for a sequence that was not sampling"
         seq.token_ids[-1] = token
-        reason = self._stop_reason(seq, token)
-        if reason:
-            self.finish(seq, reason)
-        return reason is not None
+        if self.stop_rule.stops(seq.params, seq.num_output_tokens - 1, token):
+            reason = "stop"
+        elif self._at_length_limit(seq):
+            reason = "length"
+        else:
+            return False
+        self.finish(seq, reason)
+        return True
+
+    def _at_length_limit(self, seq: Sequence) -> bool:
+        max_tokens = seq.params.max_tokens
+        return ((max_tokens is not None and seq.num_output_tokens >= max_tokens)
+                or seq.num_tokens >= self.config.max_model_len)
 
     def _ends_on_pending_token(self, seq: Sequence) -> bool:
         # Only with overlapped steps: the last token is still a placeholder and it reaches a length limit.
-        if seq.token_ids[-1] != PLACEHOLDER_TOKEN:
-            return False
-        max_tokens = seq.params.max_tokens
-        return ((max_tokens is not None and seq.num_output_tokens >= max_tokens)
-                or seq.num_tokens >= min(seq.max_model_len, self.config.max_model_len))
-
-    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
-        p = seq.params
-        if seq.num_output_tokens >= p.min_tokens:
-            if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
-                return "stop"
-        if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
-            return "length"
-        if seq.num_tokens >= min(seq.max_model_len, self.config.max_model_len):
-            return "length"
-        return None
+        return seq.token_ids[-1] == PLACEHOLDER_TOKEN and self._at_length_limit(seq)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Take a sequence out of the queues or the batch for good and free its blocks at once."""

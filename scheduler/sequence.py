@@ -23,6 +23,7 @@ class SeqStatus(enum.Enum):
 class Sequence:
     """There is no prefill or decode phase: a sequence has tokens, and a count of those whose K/V
     are computed. Each step computes some of the rest; when none are left it samples one more.
+    The runner reads it as a models.rows.Row.
     """
 
     seq_id: int
@@ -31,11 +32,10 @@ class Sequence:
     num_prompt_tokens: int
     params: SamplingParams
     arrival_time: float
-    task: str = "general"
-    priority: int = 0            # lower runs first
+    task: str
+    priority: int                # lower runs first
     sample_index: int = 0        # which of the request's n samples
     seed: int | None = None
-    max_model_len: int = 1 << 30
     status: SeqStatus = SeqStatus.WAITING
     num_computed_tokens: int = 0
     block_table: list[int] = dataclasses.field(default_factory=list)
@@ -43,7 +43,6 @@ class Sequence:
     num_cached_blocks: int = 0
     num_preemptions: int = 0
     finish_reason: str | None = None
-    first_scheduled_time: float | None = None
     # Per output token, when logprobs were asked for: (logprob, [(token_id, logprob), ...]).
     output_logprobs: list = dataclasses.field(default_factory=list)
 

@@ -10,9 +10,8 @@ import transformers
 from models.attention import TorchReferenceBackend
 from models.config import ModelConfig
 from models.decoder import DecoderModel
+from models.rows import PlainRow
 from models.runner import ModelRunner
-from models.sampler import SamplingParams
-from scheduler.sequence import Sequence
 
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -39,11 +38,6 @@ def _models(arch):
     return hf, ours.eval()
 
 
-def _seq(i, tokens):
-    return Sequence(seq_id=i, request_id=str(i), token_ids=list(tokens), num_prompt_tokens=len(tokens),
-                    params=SamplingParams(), arrival_time=0.0)
-
-
 def _grow(seq, free_blocks):
     while len(seq.block_table) * BLOCK < seq.num_tokens:
         seq.block_table.append(free_blocks.pop())
@@ -67,7 +61,7 @@ def test_logits_match_transformers(arch):
     random.Random(0).shuffle(free_blocks)  # non-contiguous block tables
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (5, 13, 1, 22)]
-    seqs = [_seq(i, p) for i, p in enumerate(prompts)]
+    seqs = [PlainRow(list(p)) for p in prompts]
     for s in seqs:
         _grow(s, free_blocks)
 
@@ -100,8 +94,8 @@ def test_mixed_decode_and_prefill_step():
     runner = ModelRunner(ours, block_size=BLOCK, kv_dtype=torch.float32, device=torch.device("cpu"))
     runner.allocate_kv_cache(32)
     free_blocks = list(range(32))[::-1]
-    a = _seq(0, [1, 2, 3, 4, 5, 6])
-    b = _seq(1, list(range(10, 30)))
+    a = PlainRow([1, 2, 3, 4, 5, 6])
+    b = PlainRow(list(range(10, 30)))
     for s in (a, b):
         _grow(s, free_blocks)
     _step(runner, [a], [6])

@@ -8,7 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.sampler import Sampler, SamplingParams, SamplingRow, _filtered_probs, seeded_exponential
+from models.errors import SequenceError
+from models.rows import PlainRow
+from models.sampler import Sampler, SamplingParams, _filtered_probs, seeded_exponential
+from models.stop_rule import StopRule
 
 
 def allowed_reference(logits: list[float], temperature, top_k, top_p, min_p) -> set[int]:
@@ -60,7 +63,7 @@ def _boundary_case(logits, temperature, top_k, top_p) -> bool:
 
 def test_sampled_tokens_follow_the_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20000, 1)
-    rows = [SamplingRow(SamplingParams(temperature=1.0), None, 0)] * 20000
+    rows = [PlainRow(params=SamplingParams(temperature=1.0))] * 20000
     tokens = Sampler()(logits, rows).token_ids
     freq = torch.bincount(tokens, minlength=4).float() / 20000
     expected = torch.softmax(torch.tensor([2.0, 1.0, 0.0, -1.0]), 0)
@@ -69,8 +72,8 @@ def test_sampled_tokens_follow_the_distribution():
 
 def test_top_k_one_and_greedy_agree():
     logits = torch.randn(8, 100)
-    greedy = Sampler()(logits.clone(), [SamplingRow(SamplingParams(temperature=0), None, 0)] * 8).token_ids
-    top1 = Sampler()(logits.clone(), [SamplingRow(SamplingParams(top_k=1, seed=3), 3, 0)] * 8).token_ids
+    greedy = Sampler()(logits.clone(), [PlainRow(params=SamplingParams(temperature=0))] * 8).token_ids
+    top1 = Sampler()(logits.clone(), [PlainRow(params=SamplingParams(top_k=1, seed=3), seed=3)] * 8).token_ids
     assert torch.equal(greedy, top1) and torch.equal(greedy, logits.argmax(-1))
 
 
@@ -78,13 +81,13 @@ def test_seeded_rows_ignore_their_batch():
     """The same (seed, step) gives the same token wherever the row sits and whoever is beside it."""
     torch.manual_seed(0)
     row_logits = torch.randn(1000)
-    seeded = SamplingRow(SamplingParams(temperature=0.9, top_p=0.95, seed=42), 42, 7)
+    seeded = PlainRow(params=SamplingParams(temperature=0.9, top_p=0.95, seed=42), seed=42, num_output_tokens=7)
     alone = Sampler()(row_logits[None].clone(), [seeded]).token_ids[0]
     for batch_size in (2, 5, 17):
         logits = torch.randn(batch_size, 1000)
         pos = batch_size // 2
         logits[pos] = row_logits
-        rows = [SamplingRow(SamplingParams(temperature=1.0), None, 0)] * batch_size
+        rows = [PlainRow(params=SamplingParams(temperature=1.0))] * batch_size
         rows[pos] = seeded
         assert Sampler()(logits, rows).token_ids[pos] == alone
 
@@ -98,26 +101,65 @@ def test_seeded_noise_differs_by_seed_and_step():
 
 
 def test_min_tokens_bans_stop_tokens_and_logprobs_are_consistent():
-    logits = torch.tensor([[5.0, 0.0, 0.0, 0.0]])
-    row = SamplingRow(SamplingParams(temperature=0, logprobs=2), None, 0, banned_token_ids=(0,))
-    out = Sampler()(logits, [row])
-    assert out.token_ids.item() != 0
-    assert out.top_ids[0].tolist()[0] != 0
+    rule = StopRule(eos_token_ids=(0,))
+    params = SamplingParams(temperature=0, logprobs=2, min_tokens=2, stop_token_ids=[1])
+    logits = torch.tensor([[5.0, 4.0, 0.0, 0.0]])
+    out = Sampler(rule)(logits.clone(), [PlainRow(params=params, num_output_tokens=1)])
+    assert out.token_ids.item() == 2  # EOS and the stop token are banned below min_tokens
+    assert out.top_ids[0].tolist()[0] == 2
     assert out.logprobs[0] == out.top_logprobs[0, 0]
+    out = Sampler(rule)(logits.clone(), [PlainRow(params=params, num_output_tokens=2)])
+    assert out.token_ids.item() == 0  # from min_tokens on, EOS may come
+    ignore = SamplingParams(temperature=0, min_tokens=1, stop_token_ids=[1], ignore_eos=True)
+    assert Sampler(rule)(logits.clone(), [PlainRow(params=ignore)]).token_ids.item() == 0  # only the stop id is banned
 
 
-@pytest.mark.parametrize("bad", [dict(n=0), dict(max_tokens=0), dict(max_tokens=-3), dict(temperature=-1),
-                                 dict(top_p=0), dict(top_p=1.5), dict(top_k=-2), dict(min_p=2),
-                                 dict(logprobs=50), dict(min_tokens=5, max_tokens=2), dict(stop=[""])])
+def test_stop_rule_stops_exactly_where_it_stops_banning():
+    """The sampler's ban and the scheduler's stop are one rule: the i-th output token (from 0) may
+    stop the sequence exactly when it is not banned."""
+    rule = StopRule(eos_token_ids=(0, 9))
+    for params in (SamplingParams(min_tokens=3, stop_token_ids=[4]), SamplingParams(ignore_eos=True, stop_token_ids=[4]),
+                   SamplingParams(min_tokens=1)):
+        stopping = set(rule.stop_ids(params))
+        assert stopping == set(params.stop_token_ids) | (set() if params.ignore_eos else {0, 9})
+        for index in range(5):
+            for token in range(10):
+                banned = token in rule.banned_ids(params, index)
+                assert rule.stops(params, index, token) == (token in stopping and not banned)
+                assert banned == (token in stopping and index < params.min_tokens)
+
+
+def test_a_row_whose_own_data_fails_names_its_row():
+    rows = [PlainRow(params=SamplingParams(temperature=0)) for _ in range(3)]
+    rows[1].params.allowed_token_ids = [99]  # past the 8 logits; add_request would have refused it
+    with pytest.raises(SequenceError) as info:
+        Sampler()(torch.randn(3, 8), rows)
+    assert info.value.seq is rows[1] and isinstance(info.value.cause, IndexError)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(n=0), dict(n=True), dict(max_tokens=0), dict(max_tokens=-3), dict(max_tokens=2.0), dict(temperature=-1),
+    dict(temperature=float("nan")), dict(temperature=float("inf")), dict(temperature=10**400),
+    dict(temperature="1"), dict(top_p=0), dict(top_p=1.5), dict(top_p=float("nan")), dict(top_k=-2),
+    dict(top_k=1e23), dict(min_p=2), dict(min_p=float("nan")), dict(seed=1.5), dict(logprobs=50),
+    dict(min_tokens=5, max_tokens=2), dict(stop=[""]), dict(stop=[3]), dict(stop_token_ids=[-1]),
+    dict(stop_token_ids=[1.0]), dict(stop_token_ids=5), dict(allowed_token_ids=[]), dict(ignore_eos="yes")])
 def test_bad_sampling_params_are_rejected(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
 
 
+def test_parameters_naming_ids_outside_the_vocabulary_are_rejected():
+    SamplingParams(stop_token_ids=[99], allowed_token_ids=[0, 99], top_k=100).check_vocab(100)
+    for bad in (dict(stop_token_ids=[100]), dict(allowed_token_ids=[3, 10**6]), dict(top_k=101)):
+        with pytest.raises(ValueError, match="vocabulary size 100"):
+            SamplingParams(**bad).check_vocab(100)
+
+
 def test_allowed_token_ids_constrain_sampling():
     logits = torch.randn(4, 50)
     allowed = [3, 7, 11]
-    rows = [SamplingRow(SamplingParams(temperature=t, allowed_token_ids=allowed, seed=i), i, 0)
+    rows = [PlainRow(params=SamplingParams(temperature=t, allowed_token_ids=allowed, seed=i), seed=i)
             for i, t in enumerate([0, 0.5, 1.0, 2.0])]
     out = Sampler()(logits.clone(), rows)
     assert set(out.token_ids.tolist()) <= set(allowed)

@@ -15,12 +15,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from models.sampler import SamplingParams
+from models.stop_rule import StopRule
 from scheduler.scheduler import Scheduler, SchedulerConfig
 from scheduler.sequence import PLACEHOLDER_TOKEN, SeqStatus, Sequence
 
 EOS = 0
 VOCAB = 6  # small, so EOS (1 in 6) ends many samples early
 EPS = 1e-9
+STOP_RULE = StopRule(eos_token_ids=(EOS,))
 
 
 # ----------------------------------------------------------------------------- simulated model
@@ -42,9 +44,10 @@ def reference_output(prompt, params: SamplingParams, sample_index: int, salt: in
     out = []
     while True:
         tok = _sample(kv, sample_index, salt)
-        out.append(tok)
+        # The simulated model draws stop tokens below min_tokens too (the real sampler bans them): they must not stop.
         if len(out) >= params.min_tokens and (tok in params.stop_token_ids or (not params.ignore_eos and tok == EOS)):
-            return out, "stop"
+            return out + [tok], "stop"
+        out.append(tok)
         if len(out) >= params.max_tokens or len(prompt) + len(out) >= max_model_len:
             return out, "length"
         kv = _mix(kv, tok)
@@ -85,9 +88,24 @@ class FakeModel:
                     token = pending[seq.seq_id]
                 prev = _mix(prev, token)
                 self.kv[b][s] = prev
-            if batch.samples(i):
+            if samples(seq, n):
                 sampled[seq.seq_id] = _sample(prev, seq.sample_index, self.salt)
         return sampled
+
+
+def samples(seq: Sequence, n: int) -> bool:
+    """Whether computing n more tokens reaches the sequence's last token, so that it samples (the runner's rule)."""
+    return seq.num_computed_tokens + n == seq.num_tokens
+
+
+def record_step(sched: Scheduler, batch, sampled: dict[int, int]) -> list[Sequence]:
+    """Record a step as the synchronous engine does: `advance`, then each sampled token (by seq_id).
+    Returns the sequences that a token finished (EOS, stop token, length)."""
+    return [seq for seq in sched.advance(batch) if sched.record_token(seq, sampled[seq.seq_id])]
+
+
+def has_work(sched: Scheduler) -> bool:
+    return bool(sched.running or len(sched.waiting))
 
 
 class FakeClock:
@@ -114,7 +132,7 @@ class Cancel:
     step: int
     req: int
     mode: str   # "all" (as the engine aborts), "leader" or "last" (one sample of an n>1 request)
-    point: str  # "before" the step is scheduled, or "mid": after the forward, before update
+    point: str  # "before" the step is scheduled, or "mid": after the forward, before its tokens are recorded
 
 
 @dataclasses.dataclass
@@ -208,7 +226,7 @@ def drive(cfg: SchedulerConfig, num_blocks: int, reqs: list[Req], cancels: list[
     steps run as the engine's async scheduling does: step N+1 is scheduled and run before step N's
     tokens are recorded (`advance` now, `record_token` one step later)."""
     clock = FakeClock()
-    sched = Scheduler(cfg, num_blocks, eos_token_ids=[EOS], clock=clock)
+    sched = Scheduler(cfg, num_blocks, STOP_RULE, clock=clock)
     model = FakeModel(sched, salt)
     transitions = collections.Counter()
     real_finish = sched.finish
@@ -221,7 +239,7 @@ def drive(cfg: SchedulerConfig, num_blocks: int, reqs: list[Req], cancels: list[
         else:
             transitions[seq.seq_id] += 1
 
-    sched.finish = counting_finish  # update() finishes through self.finish too
+    sched.finish = counting_finish  # record_token() finishes through self.finish too
     ids = itertools.count()
     seqs: list[list[Sequence] | None] = [None] * len(reqs)
     all_seqs: list[Sequence] = []
@@ -251,8 +269,7 @@ def drive(cfg: SchedulerConfig, num_blocks: int, reqs: list[Req], cancels: list[
             if req.arrival_step == step:
                 group = [Sequence(seq_id=next(ids), request_id=f"r{r}", token_ids=list(req.prompt),
                                   num_prompt_tokens=len(req.prompt), params=req.params, arrival_time=clock.t,
-                                  task=req.task, priority=req.priority, sample_index=i,
-                                  max_model_len=cfg.max_model_len)
+                                  task=req.task, priority=req.priority, sample_index=i)
                          for i in range(req.params.n)]
                 seqs[r] = group
                 all_seqs.extend(group)
@@ -260,13 +277,13 @@ def drive(cfg: SchedulerConfig, num_blocks: int, reqs: list[Req], cancels: list[
         apply_cancels(step, "before")
         live = [s for s in all_seqs if not s.is_finished]
         check_state(sched, live)
-        if not sched.has_work() and in_flight is None and all(r.arrival_step <= step for r in reqs):
+        if not has_work(sched) and in_flight is None and all(r.arrival_step <= step for r in reqs):
             break
         assert step < max_steps, "no progress: livelock"
         waiting_before = list(sched.waiting)  # queued; not the samples deferred behind their leader
         batch = sched.schedule()
         check_batch(sched, batch, waiting_before, clock.t)
-        num_chunked += sum(not batch.samples(i) for i in range(len(batch.seqs)))
+        num_chunked += sum(not samples(seq, n) for seq, n in zip(batch.seqs, batch.num_new_tokens))
         sampled = model.run(batch, in_flight[1] if in_flight else None)
         apply_cancels(step, "mid")
         if overlap:
@@ -277,7 +294,7 @@ def drive(cfg: SchedulerConfig, num_blocks: int, reqs: list[Req], cancels: list[
                             if not seq.is_finished and sched.record_token(seq, tokens[seq.seq_id])]
             in_flight = (sched.advance(batch), sampled) if batch.seqs else None
         else:
-            finished = sched.update(batch, sampled)
+            finished = record_step(sched, batch, sampled)
         for seq in finished:
             assert seq.finish_reason in ("stop", "length")
             assert seq.seq_id not in returned_finished
@@ -407,7 +424,7 @@ def _starvation_run(aging: float, gap: int, dt: float, backlog: int, horizon: in
     cfg = SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=8, max_model_len=64, block_size=4,
                           aging_seconds=aging)
     clock = FakeClock()
-    sched = Scheduler(cfg, 16, eos_token_ids=[EOS], clock=clock)
+    sched = Scheduler(cfg, 16, STOP_RULE, clock=clock)
     ids = itertools.count()
     params = SamplingParams(max_tokens=1)
 
@@ -427,7 +444,7 @@ def _starvation_run(aging: float, gap: int, dt: float, backlog: int, horizon: in
         assert len(batch.seqs) == 1
         if batch.seqs[0] is low:
             return step, clock.t
-        sched.update(batch, {batch.seqs[0].seq_id: 5})
+        record_step(sched, batch, {batch.seqs[0].seq_id: 5})
         clock.t += dt
     return None, clock.t
 
@@ -458,11 +475,12 @@ def test_priority_order_until_aging_closes_the_gap(same_task, high_arrival, firs
     clock = FakeClock()
     sched = Scheduler(cfg, 16, clock=clock)
     params = SamplingParams(max_tokens=1)
-    blocker = Sequence(0, "blocker", [1, 2, 3], 3, params, arrival_time=0.0)
+    blocker = Sequence(0, "blocker", [1, 2, 3], 3, params, arrival_time=0.0, task="general", priority=0)
     sched.add([blocker])
     assert sched.schedule().seqs == [blocker]
     low = Sequence(1, "low", [1, 2], 2, params, arrival_time=0.0, task="x", priority=3)
-    high = Sequence(2, "high", [1, 2], 2, params, arrival_time=high_arrival, task="x" if same_task else "y")
+    high = Sequence(2, "high", [1, 2], 2, params, arrival_time=high_arrival, task="x" if same_task else "y",
+                    priority=0)
     sched.add([low])
     sched.add([high])
     # At t = arrival + 1: high's effective priority is -0.1; low's is 3 - t/10 (2.4 at t=6, -0.6 at t=36).
@@ -476,25 +494,25 @@ def test_priority_order_until_aging_closes_the_gap(same_task, high_arrival, firs
 def _sched(num_blocks=16, **kw):
     cfg = SchedulerConfig(**{"max_num_seqs": 8, "max_num_batched_tokens": 64, "max_model_len": 256,
                              "block_size": 4, **kw})
-    return Scheduler(cfg, num_blocks, eos_token_ids=[EOS], clock=FakeClock())
+    return Scheduler(cfg, num_blocks, STOP_RULE, clock=FakeClock())
 
 
-def _seqs(sched, ids, prompt, n=1, max_tokens=4, **kw):
+def _seqs(sched, ids, prompt, n=1, max_tokens=4):
     params = SamplingParams(n=n, max_tokens=max_tokens, ignore_eos=True)
     group = [Sequence(next(ids), "r", list(prompt), len(prompt), params, arrival_time=sched.clock(),
-                      sample_index=i, **kw) for i in range(n)]
+                      task="general", priority=0, sample_index=i) for i in range(n)]
     sched.add(group)
     return group
 
 
 def _step(sched, model):
     batch = sched.schedule()
-    return batch, sched.update(batch, model.run(batch))
+    return batch, record_step(sched, batch, model.run(batch))
 
 
 def _run_to_end(sched, model, limit=500):
     for _ in range(limit):
-        if not sched.has_work():
+        if not has_work(sched):
             return
         _step(sched, model)
     raise AssertionError("did not finish")
@@ -503,7 +521,7 @@ def _run_to_end(sched, model, limit=500):
 def _assert_empty(sched):
     pool = sched.block_manager.pool
     pool.check_invariants()
-    assert not sched.has_work() and not sched._deferred
+    assert not has_work(sched) and not sched._deferred
     assert pool.num_free == pool.num_blocks and all(b.ref_count == 0 for b in pool.blocks)
 
 
@@ -529,10 +547,10 @@ def test_cancel_a_running_request_mid_prefill(mid_step):
     _step(sched, model)
     assert seq.status is SeqStatus.RUNNING and 0 < seq.num_computed_tokens < seq.num_prompt_tokens
     batch = sched.schedule()
-    if mid_step:  # cancelled while the forward ran: update must skip it
+    if mid_step:  # cancelled while the forward ran: recording the step must skip it
         sampled = model.run(batch)
         sched.finish(seq, "abort")
-        assert sched.update(batch, sampled) == [] and seq.num_output_tokens == 0
+        assert record_step(sched, batch, sampled) == [] and seq.num_output_tokens == 0
     else:
         sched.finish(seq, "abort")
     assert seq.finish_reason == "abort" and seq.num_output_tokens == 0 and not seq.block_table
@@ -594,10 +612,10 @@ def test_prompt_that_exactly_fills_blocks(blocks_in_prompt):
     (b,) = _seqs(sched, ids, prompt, max_tokens=3)
     batch = sched.schedule()
     i = batch.seqs.index(b)
-    assert batch.num_new_tokens[i] == bs and batch.samples(i)
+    assert batch.num_new_tokens[i] == bs and samples(b, bs)
     assert b.block_table[:blocks_in_prompt - 1] == a.block_table[:blocks_in_prompt - 1]
     assert b.block_table[blocks_in_prompt - 1] not in a.block_table
-    sched.update(batch, model.run(batch))
+    record_step(sched, batch, model.run(batch))
     _run_to_end(sched, model)
     assert a.output_token_ids == b.output_token_ids and len(a.output_token_ids) == 3
     _assert_empty(sched)
@@ -613,10 +631,10 @@ def test_prefix_cache_hit_leaves_exactly_one_token_to_compute():
     assert sched.block_manager.pool.num_free == sched.block_manager.num_blocks
     (b,) = _seqs(sched, ids, shared + [4], max_tokens=2)
     batch = sched.schedule()
-    assert batch.seqs == [b] and batch.num_new_tokens == [1] and batch.samples(0)
+    assert batch.seqs == [b] and batch.num_new_tokens == [1] and samples(b, 1)
     assert b.num_computed_tokens == 2 * bs and b.num_cached_blocks == 2
     assert sched.stats.prefix_hit_tokens == 2 * bs
-    sched.update(batch, model.run(batch))
+    record_step(sched, batch, model.run(batch))
     _run_to_end(sched, model)
     want, _ = reference_output(shared + [4], b.params, 0, 0, 256)
     assert b.output_token_ids == want
