@@ -63,7 +63,7 @@ def run_command(kind: str, target: str, args: list[str]) -> int:
             return e.code or 0
         print(e.code, file=sys.stderr)
         return 1
-    except Exception:  # the trace up to the failure is still worth writing
+    except Exception:  # noqa: BLE001 -- any failure: the trace up to it is still worth writing
         traceback.print_exc()
         return 1
     finally:
