@@ -106,7 +106,7 @@ def judge(chat, items: list[Item], records: list[dict], concurrency: int) -> Non
     """Score InfoBench records in place by the DRFR protocol, items judged concurrently."""
     def one(pair):
         item, record = pair
-        verdicts = judge_item(chat, record["output"], item.gold["questions"], item.gold["input"])
+        verdicts = judge_item(chat, record["output"], item.gold["questions"])
         record.update(extracted=verdicts, score=item_score(verdicts), infobench_id=item.gold["id"])
 
     with ThreadPoolExecutor(concurrency) as pool, \

@@ -24,7 +24,7 @@ def agreement(chat, references: list[dict], rows: dict[str, dict]) -> dict:
     agree = total = judge_yes = reference_yes = 0
     for ref in references:
         row = rows[ref["id"]]
-        verdicts = judge_item(chat, ref["output"], row["decomposed_questions"], row["input"])
+        verdicts = judge_item(chat, ref["output"], row["decomposed_questions"])
         for verdict, label in zip(verdicts, ref["eval"]):
             agree += (verdict is True) == bool(label)
             judge_yes += verdict is True

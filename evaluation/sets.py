@@ -23,7 +23,7 @@ class Item:
     task: str
     prompt_idx: int
     prompt: str
-    gold: object          # graph: {"paths": [...]}; mmlu: "B"; infobench: {"questions": [...], "input": ...}
+    gold: object          # graph: {"paths": [...]}; mmlu: "B"; infobench: {"id": ..., "questions": [...]}
 
 
 def served_prompts() -> dict[int, str]:
@@ -54,5 +54,5 @@ def _infobench_gold():
 
     def gold(prompt: str) -> dict:
         row = rows[prompt]
-        return {"id": row["id"], "questions": row["decomposed_questions"], "input": row["input"]}
+        return {"id": row["id"], "questions": row["decomposed_questions"]}
     return gold

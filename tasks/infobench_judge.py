@@ -1,11 +1,15 @@
 """InfoBench's DRFR judging protocol, as the course grader runs it (see data/README.md).
 
 For one response, the judge answers the item's decomposed yes/no questions in ONE chat: the first
-user turn holds the instruction to the judge, the optional input, the generated text and the first
-question; every later question is its own user turn, after the judge's earlier replies. A reply
-that cannot be read as YES or NO ends the item, and its remaining questions count as not-YES.
-Item score = YES answers / questions; the task score is the mean over items (the course's macro
-average; the paper's DRFR pools all questions instead).
+user turn holds the course's instruction to the judge (`JUDGE_INSTRUCTION`, its SYS_MSG verbatim,
+kept in `data/infobench/judge_sys_msg.json`), the generated text and the first question; every
+later question is its own user turn, after the judge's earlier replies. A reply that cannot be
+read as YES or NO ends the item, and its remaining questions count as not-YES. Item score = YES
+answers / questions; the task score is the mean over items (the course's macro average; the
+paper's DRFR pools all questions instead).
+
+The judge never sees the item's input: the course folds it into the served prompt, and its
+grader's `Input:` block reads a field its eval set does not store, so that block is never sent.
 
 The judge is any function `chat(messages) -> str` taking OpenAI-style messages, so tests use a
 fake and real runs use `http_chat`, an OpenAI-compatible /chat/completions endpoint. The course
@@ -15,35 +19,24 @@ used gpt-5-nano-2025-08-07 at temperature 1.0.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from typing import Callable
 
 import httpx
 
+from tasks.generate import DATA_DIR
+
 Chat = Callable[[list[dict]], str]
 
-# Our wording of the protocol's fixed instruction: answer YES or NO; YES only if the text fully
-# meets the condition, any inaccuracy meaning NO; NO when the text gives nothing to judge by.
-JUDGE_INSTRUCTION = (
-    "Using the Input (if one is given) and the Generated Text below, answer each Question that "
-    "follows with YES or NO. Base your choice on your own judgment and on these rules:\n\n"
-    "- YES: choose 'YES' only if the generated text fulfils the condition in the question "
-    "completely. Even a small inaccuracy rules out 'YES'. For example, if the question is \"Is "
-    "every sentence of the generated text written in the second person?\" and a single sentence "
-    "is not, the answer is not 'YES'. A 'YES' needs the generated text to be fully accurate and "
-    "relevant to the question.\n\n"
-    "- NO: choose 'NO' if the generated text does not meet the question's requirement, or if it "
-    "gives no information that could answer the question. For example, if the question is \"Is "
-    "the second sentence of the generated text a compound sentence?\" and the generated text has "
-    "only one sentence, it offers nothing relevant to judge, so the answer is 'NO'."
-)
+# The course's text, byte for byte (its typos and the stray '' at the end included).
+JUDGE_INSTRUCTION: str = json.loads((DATA_DIR / "infobench" / "judge_sys_msg.json").read_text())["text"]
 
 
-def first_turn(output: str, question: str, input: str = "") -> str:
-    """The first user turn: instruction, `Input` block (only if `input` is non-empty), text, question."""
-    input_block = f'Input:\n"{input}"\n\n' if input else ""
-    return f'{JUDGE_INSTRUCTION}\n\n{input_block}Generated Text:\n"{output}"\n\nQuestion:\n{question}\n'
+def first_turn(output: str, question: str) -> str:
+    """The first user turn: the instruction, the generated text, the first question."""
+    return f'{JUDGE_INSTRUCTION}\n\nGenerated Text:\n"{output}"\n\nQuestion:\n{question}\n'
 
 
 def parse_verdict(reply: str) -> bool | None:
@@ -64,7 +57,7 @@ def parse_verdict(reply: str) -> bool | None:
     return None
 
 
-def judge_item(chat: Chat, output: str, questions: list[str], input: str = "") -> list[bool | None]:
+def judge_item(chat: Chat, output: str, questions: list[str]) -> list[bool | None]:
     """The judge's verdict on each question, None from the first unreadable reply on.
 
     A judge call that raises counts as an unreadable reply, as in the course grader (which first
@@ -76,7 +69,7 @@ def judge_item(chat: Chat, output: str, questions: list[str], input: str = "") -
     messages: list[dict] = []
     verdicts: list[bool | None] = []
     for question in questions:
-        content = first_turn(output, question, input) if not messages else f"{question}\n"
+        content = first_turn(output, question) if not messages else f"{question}\n"
         messages.append({"role": "user", "content": content})
         try:
             reply = chat(list(messages))

@@ -9,11 +9,11 @@ GraphDev
        every entry must have "path" and "weight", or the JSON form fails as a whole.
     2. Otherwise the first `submit_paths(paths=[...], weights=[...])` call, and only if there is
        none, the first `submit_paths(weights=[...], paths=[...])`. The course runs Python `eval`
-       on the two lists; here `_literal` evaluates them without executing anything: literals,
-       lists, tuples and arithmetic (+ - * / //) on numbers, which covers what an honest answer
-       writes (`weights=[10+15]` included). Whatever else `eval` would run (names, calls,
-       attributes, `**`) counts as a failed evaluation, which makes the grader move on to the
-       other argument order, not to a later call.
+       on the two lists; here `tasks.bounded_eval.evaluate` computes the same values without
+       executing anything (`weights=[725] + []`, `[int(725)]`, `[list(range(0, 5, 2))]` and
+       `[725*1**1]` included; its docstring lists what it covers and its bounds). When either
+       list fails to evaluate, the grader moves on to the other argument order, not to a later
+       call.
     Score: |{(tuple(path), weight)} predicted ∩ gold| / |gold|. Duplicates count once, paths
     beyond P cost nothing, the i-th path pairs with the i-th weight (a path without one is
     dropped), and a weight must equal the true cost (Python equality: 25.0 == 25).
@@ -22,12 +22,16 @@ MMLU
     The first match of `The answer is\\s*\\(?([A-Z])\\)?`, case-insensitive, upper-cased: so "the
     answer is probably ..." answers "P", "The answer is: B" matches nothing, and an earlier "the
     answer is" in leaked reasoning wins. Without a match the course falls back to
-    `math_verify.parse`; `boxed_letter` stands in for it (its docstring says what it covers).
+    `math_verify.parse`; `tasks.mmlu_fallback.fallback_letter` reproduces what it yields for a
+    letter (`Dose 5 mg. $D$` reads "D", `$B$ for a 45-year-old` reads nothing; its docstring
+    gives the rules).
 """
 
-import ast
 import json
 import re
+
+from tasks.bounded_eval import evaluate
+from tasks.mmlu_fallback import fallback_letter
 
 _JSON_SPAN = re.compile(r"\{.*\}", re.DOTALL)
 # The course's two patterns, verbatim: lazy lists, so nesting is resolved by backtracking.
@@ -37,16 +41,13 @@ _CALL_WEIGHTS_FIRST = re.compile(
     r"submit_paths\s*\(\s*weights\s*=\s*(\[.*?\])\s*,\s*paths\s*=\s*(\[.*?\])\s*\)", re.DOTALL)
 
 _ANSWER_IS = re.compile(r"The answer is\s*\(?([A-Z])\)?", re.IGNORECASE)
-# math_verify looks for answers inside LaTeX: \boxed{...} first, then math delimiters.
-_BOXED = re.compile(r"\\boxed\{")
-_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
-_LETTER = re.compile(r"\s*([A-Z])\s*")
 
 
 def parse_graph_answer(text: str) -> tuple[list, list] | None:
     """`(paths, weights)` as the course grader reads them from `text`, or None if unparseable."""
     if not text or not text.strip():
         return None
+    text = text.strip()
     return _graph_json(text) or _graph_call(text)
 
 
@@ -61,7 +62,7 @@ def _graph_json(text: str) -> tuple[list, list] | None:
                 and "path" in entries[0]):
             return None
         return [e["path"] for e in entries], [e["weight"] for e in entries]
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError):  # ValueError: bad JSON, or an int too long to read
         return None
 
 
@@ -71,45 +72,11 @@ def _graph_call(text: str) -> tuple[list, list] | None:
         if call is None:
             continue
         try:
-            first, second = _literal(call.group(1)), _literal(call.group(2))
-        except (ValueError, TypeError, SyntaxError, ZeroDivisionError, RecursionError):
+            first, second = evaluate(call.group(1)), evaluate(call.group(2))
+        except Exception:  # the course's bare `except:` around eval: any failure tries the next pattern
             continue
         return (first, second) if paths_first else (second, first)
     return None
-
-
-def _literal(source: str):
-    """The value of a Python expression made only of literals, lists, tuples and number arithmetic.
-
-    Raises ValueError on anything else, so nothing in the text is ever executed; operands of
-    arithmetic must be numbers, so no operation can build a huge string or list.
-    """
-    return _evaluate(ast.parse(source.strip(), mode="eval").body)
-
-
-_BINARY = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-           ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b}
-_UNARY = {ast.USub: lambda a: -a, ast.UAdd: lambda a: +a}
-
-
-def _evaluate(node: ast.AST):
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.List):
-        return [_evaluate(e) for e in node.elts]
-    if isinstance(node, ast.Tuple):
-        return tuple(_evaluate(e) for e in node.elts)
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_number(_evaluate(node.operand)))
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        return _BINARY[type(node.op)](_number(_evaluate(node.left)), _number(_evaluate(node.right)))
-    raise ValueError(f"not a literal: {ast.dump(node)[:80]}")
-
-
-def _number(value):
-    if not isinstance(value, (int, float)):
-        raise ValueError(f"arithmetic on a non-number: {value!r}"[:80])
-    return value
 
 
 def score_graph(text: str, gold: dict) -> float:
@@ -129,54 +96,14 @@ def score_graph(text: str, gold: dict) -> float:
 
 
 def parse_mmlu_answer(text: str) -> str | None:
-    """The letter the course grader reads from `text`: "The answer is (X)" first, else `boxed_letter`."""
+    """The letter the course grader reads from `text`: "The answer is (X)" first, else math_verify's."""
     if not text or not text.strip():
         return None
+    text = text.strip()
     match = _ANSWER_IS.search(text)
     if match:
         return match.group(1).upper()
-    return boxed_letter(text)
-
-
-def boxed_letter(text: str) -> str | None:
-    """A stand-in for the course's `math_verify.parse` fallback, for letter answers only.
-
-    A letter gold scores only when math_verify extracts a string equal to it, which (checked
-    against math_verify 0.8 and 0.9) needs a LaTeX answer of one uppercase letter, spaces allowed.
-    This returns that letter in the two unambiguous cases:
-      - exactly one `\\boxed{X}` in the text (boxes outrank all other math for math_verify), or
-      - no box, exactly one math span `$X$`, `$$X$$`, `\\(X\\)` or `\\[X\\]`, and no digit
-        outside it (math_verify prefers a number such as "5 mg" to a plain span).
-    Everything else gives None: a bare "B", `\\boxed{b}`, `\\boxed{(B)}`, `\\boxed{\\text{B}}`,
-    `\\boxed{B. Aspirin}` never equal the gold for math_verify either. Not covered: several
-    boxes or spans, where math_verify merges them into a set (never a letter) or takes the
-    rightmost one, by rules of priority, position and version; there this returns None, so it
-    errs towards scoring 0.
-    """
-    boxes = _boxed_contents(text)
-    if boxes:
-        candidates = boxes
-    elif any(c.isdigit() for c in _MATH_SPAN.sub("", text)):
-        return None
-    else:
-        candidates = [next(g for g in span.groups() if g is not None) for span in _MATH_SPAN.finditer(text)]
-    if len(candidates) != 1:
-        return None
-    letter = _LETTER.fullmatch(candidates[0])
-    return letter.group(1) if letter else None
-
-
-def _boxed_contents(text: str) -> list[str]:
-    """The contents of every `\\boxed{...}`, braces balanced; an unclosed one is dropped."""
-    contents = []
-    for box in _BOXED.finditer(text):
-        depth, start = 1, box.end()
-        for i in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                contents.append(text[start:i])
-                break
-    return contents
+    return fallback_letter(text)
 
 
 def score_mmlu(text: str, gold_letter: str) -> float:
