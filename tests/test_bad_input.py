@@ -9,6 +9,7 @@ from models.errors import ModelLoadError
 from models.sampler import SamplingParams
 from scheduler.engine import EngineConfig, LLMEngine
 from scheduler.llm import LLM
+from scheduler.outputs import merge_outputs
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +37,28 @@ def test_bad_prompts_are_rejected_and_engine_keeps_serving(llm, prompt, params, 
     _serves(llm)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("max_tokens", 0, "max_tokens must be an integer >= 1"),
-    ("max_tokens", -5, "max_tokens must be an integer >= 1"),
-    ("temperature", -0.1, "temperature must be >= 0"),
-    ("n", 0, "n must be an integer >= 1"),
+@pytest.mark.parametrize("params, priority, message", [
+    # Issue 9's reproductions: each once failed every request in the same step.
+    (SamplingParams(stop_token_ids=[1_000_000], min_tokens=2), 0, "stop_token_ids must be below the vocabulary size"),
+    (SamplingParams(temperature=1, top_k=10**23), 0, "top_k must not exceed the vocabulary size"),
+    (SamplingParams(allowed_token_ids=[5, 49152]), 0, "allowed_token_ids must be below the vocabulary size"),
+    (SamplingParams(), float("nan"), "priority must be a finite number"),
 ])
-def test_bad_sampling_params(llm, field, value, message):
+def test_parameters_the_model_cannot_serve_are_rejected_and_change_nothing(llm, params, priority, message):
+    """Valid on their own, but not for this model: add_request refuses them, queues nothing, and
+    a request already running finishes exactly as it would have."""
+    engine = llm.engine
+    innocent = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    alone = llm.generate(["hello there"], innocent)[0].outputs[0].token_ids
+    engine.add_request("innocent", "hello there", innocent)
+    deltas = engine.step()
     with pytest.raises(ValueError, match=message):
-        SamplingParams(**{field: value})
+        engine.add_request("bad", "hi", params, priority=priority)
+    assert engine.abort_request("bad") is None  # nothing was queued under its id
+    while engine.has_unfinished_requests():
+        deltas += engine.step()
+    assert {o.request_id for o in deltas} == {"innocent"}
+    assert merge_outputs(deltas).outputs[0].token_ids == alone
     _serves(llm)
 
 
