@@ -116,7 +116,8 @@ class ModelRunner:
     def _stream_context(self):
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
-    def prepare(self, seqs: list[Row], num_new_tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+    def prepare(self, seqs: list[Row],
+                num_new_tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         """Flatten the step into input ids, positions, attention metadata and the rows to sample from
         (the last row of each sequence that completes). Two host->device copies: one of int64 (ids,
         positions, slots, rows), one of int32 (offsets, lengths, tables)."""

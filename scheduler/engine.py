@@ -99,13 +99,13 @@ class LLMEngine:
         num_blocks = self._num_kv_blocks(dtype, max_len)
         self.runner.allocate_kv_cache(num_blocks)
         # A single sequence must always fit in the pool, or it could only ever preempt itself.
-        self.max_model_len = min(max_len, num_blocks * config.block_size)
+        max_model_len = min(max_len, num_blocks * config.block_size)
         if device.type == "cuda" and not config.enforce_eager:
             compile_small_ops()
             if getattr(backend, "supports_cuda_graphs", False):
-                self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
+                self.runner.capture_decode_graphs(config.max_num_seqs, max_model_len)
             self.runner.warm_up()
-        self.scheduler = Scheduler(config.scheduler_config(self.max_model_len), num_blocks, stop_rule)
+        self.scheduler = Scheduler(config.scheduler_config(max_model_len), num_blocks, stop_rule)
         self._requests: dict[str, _RequestState] = {}
         self._seq_ids = itertools.count()
         self.async_scheduling = (device.type == "cuda" if config.async_scheduling is None
@@ -131,6 +131,11 @@ class LLMEngine:
     @property
     def num_kv_blocks(self) -> int:
         return self.scheduler.block_manager.num_blocks
+
+    @property
+    def max_model_len(self) -> int:
+        """Tokens one request may hold, prompt and output together."""
+        return self.scheduler.config.max_model_len
 
     def stats(self) -> EngineStats:
         """The engine's load now. Safe to read from another thread while a step runs (the figures

@@ -37,10 +37,6 @@ class ScheduledBatch:
     num_new_tokens: list[int]
     preempted: list[Sequence]
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.num_new_tokens)
-
 
 @dataclasses.dataclass(slots=True)
 class SchedulerStats:

@@ -7,7 +7,6 @@ import enum
 
 from models.sampler import SamplingParams
 
-
 # Stands for a sampled token still on its way from the GPU: with overlapped steps the next step is
 # scheduled (and its input read on the device) before the host knows the token.
 PLACEHOLDER_TOKEN = -1
@@ -53,10 +52,6 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
-
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
 
     @property
     def is_finished(self) -> bool:

@@ -59,7 +59,8 @@ def test_stop_strings_under_overlapped_steps(tiny_model_dir):
     engine = _engine(tiny_model_dir)
     # Seeded sampling gives the random model varied text; request i stops at its own (3 + i)-th token's text.
     free = [SamplingParams(temperature=1.0, seed=i, max_tokens=MAX_NEW) for i in range(len(PROMPTS))]
-    texts = [engine.tokenizer.decode(o.token_ids[3 + i:4 + i]) for i, o in enumerate(run_prompts(engine, PROMPTS, free))]
+    outputs = run_prompts(engine, PROMPTS, free)
+    texts = [engine.tokenizer.decode(o.token_ids[3 + i:4 + i]) for i, o in enumerate(outputs)]
     stopping = [dataclasses.replace(p, stop=[t.strip() or "\n"]) for p, t in zip(free, texts)]
     results = {}
     for overlap in (False, True):

@@ -118,8 +118,8 @@ def test_stop_rule_stops_exactly_where_it_stops_banning():
     """The sampler's ban and the scheduler's stop are one rule: the i-th output token (from 0) may
     stop the sequence exactly when it is not banned."""
     rule = StopRule(eos_token_ids=(0, 9))
-    for params in (SamplingParams(min_tokens=3, stop_token_ids=[4]), SamplingParams(ignore_eos=True, stop_token_ids=[4]),
-                   SamplingParams(min_tokens=1)):
+    for params in (SamplingParams(min_tokens=3, stop_token_ids=[4]),
+                   SamplingParams(ignore_eos=True, stop_token_ids=[4]), SamplingParams(min_tokens=1)):
         stopping = set(rule.stop_ids(params))
         assert stopping == set(params.stop_token_ids) | (set() if params.ignore_eos else {0, 9})
         for index in range(5):
