@@ -1,5 +1,6 @@
 """Tests for GGUF -> Hugging Face conversion and the embedded SmolLM2 model cache."""
 
+import functools
 import time
 
 import gguf
@@ -70,8 +71,11 @@ def _write_gguf(path, arch: str, tensors: dict[str, np.ndarray], llama_metadata:
     writer.close()
 
 
-def test_weights_match_transformers_gguf_loader(converted_dir):
+def test_weights_match_transformers_gguf_loader(converted_dir, monkeypatch):
     gguf_path = locate_embedded_gguf()
+    # transformers rebuilds the same tensor-name map for each of the model's ~400 modules (seconds
+    # of the test's time); the map depends only on its arguments, so one build serves them all.
+    monkeypatch.setattr(gguf, "get_tensor_name_map", functools.lru_cache(gguf.get_tensor_name_map))
     reference = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     expected = reference.state_dict()
     ours = load_file(converted_dir / "model.safetensors")
