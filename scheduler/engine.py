@@ -130,6 +130,7 @@ class LLMEngine:
 
     @property
     def num_kv_blocks(self) -> int:
+        """Blocks in the KV pool (the scratch block not counted)."""
         return self.scheduler.block_manager.num_blocks
 
     @property
