@@ -1,105 +1,95 @@
-"""Server metrics in the Prometheus text format: request counters and latency histograms kept here,
-engine gauges (queues, KV blocks, preemptions, prefix hits) read from the engines at scrape time."""
+"""Server metrics through prometheus_client: request counters and latency histograms recorded by the
+HTTP layer, engine gauges (queues, KV blocks, preemptions, prefix hits, loop liveness) and admission
+slots read at scrape time. Each server has its own registry, so several can live in one process."""
 
 from __future__ import annotations
 
-import bisect
-import time
-from collections import defaultdict
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600)
 
 
-class Histogram:
-    def __init__(self, buckets=_LATENCY_BUCKETS):
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.total = 0.0
-        self.n = 0
+class _EngineCollector:
+    """Reads the engines and the admission count when Prometheus scrapes."""
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.n += 1
+    def __init__(self, read: Callable[[], tuple[dict, int, int]]):
+        self.read = read  # -> ({role: AsyncEngine}, slots in use, slots in all)
 
-    def lines(self, name: str, labels: str) -> list[str]:
-        out, cumulative = [], 0
-        sep = "," if labels else ""
-        for bound, count in zip(self.buckets + (float("inf"),), self.counts):
-            cumulative += count
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {cumulative}')
-        out += [f"{name}_sum{{{labels}}} {self.total:.6f}", f"{name}_count{{{labels}}} {self.n}"]
-        return out
+    def collect(self):
+        engines, in_use, capacity = self.read()
+        slots = GaugeMetricFamily("switchyard_admission_slots", "completions admitted and not finished",
+                                  labels=["state"])
+        slots.add_metric(["in_use"], in_use)
+        slots.add_metric(["capacity"], capacity)
+        yield slots
+        gauges = {name: GaugeMetricFamily(f"switchyard_{name}", doc, labels=["model"]) for name, doc in (
+            ("engine_alive", "1 while the engine's stepping loop runs"),
+            ("running_sequences", "sequences holding KV blocks"),
+            ("waiting_sequences", "sequences queued, new or preempted"),
+            ("kv_blocks_used", "KV cache blocks in use"),
+            ("kv_blocks_free", "KV cache blocks free"),
+            ("prefix_cache_hit_rate", "share of looked-up prompt tokens found cached"))}
+        depth = GaugeMetricFamily("switchyard_queue_depth", "waiting sequences per task", labels=["model", "task"])
+        preemptions = CounterMetricFamily("switchyard_preemptions", "sequences preempted", labels=["model"])
+        seen = set()
+        for role, engine in engines.items():
+            if id(engine) in seen:  # one engine serving both roles is reported once
+                continue
+            seen.add(id(engine))
+            s = engine.stats()
+            values = {"engine_alive": float(engine.healthy), "running_sequences": s.running,
+                      "waiting_sequences": s.waiting, "kv_blocks_used": s.kv_blocks_total - s.kv_blocks_free,
+                      "kv_blocks_free": s.kv_blocks_free,
+                      "prefix_cache_hit_rate": s.prefix_hit_tokens / s.prefix_query_tokens
+                      if s.prefix_query_tokens else 0.0}
+            for name, value in values.items():
+                gauges[name].add_metric([role], value)
+            for task, n in sorted(s.waiting_by_task.items()):
+                depth.add_metric([role, task], n)
+            preemptions.add_metric([role], s.num_preemptions)
+        yield from gauges.values()
+        yield depth
+        yield preemptions
 
 
 class Metrics:
-    """Counters and histograms the HTTP layer records, labelled by task."""
+    """What the HTTP layer records, labelled by task; `render` is the exposition for GET /metrics."""
 
     def __init__(self):
-        self.started = time.monotonic()
-        self.requests = defaultdict(int)        # (endpoint, status) -> count
-        self.prompts = defaultdict(int)         # task -> prompts served
-        self.generated_tokens = 0
-        self.prompt_tokens = 0
-        self.ttft = defaultdict(Histogram)      # task -> seconds to first token
-        self.tpot = defaultdict(Histogram)      # task -> seconds per output token after the first
-        self.e2e = defaultdict(Histogram)       # task -> seconds from arrival to last token
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("switchyard_requests", "HTTP requests by route and status",
+                                ["endpoint", "status"], registry=r)
+        self.prompts = Counter("switchyard_prompts", "prompts served", ["task"], registry=r)
+        self.prompt_tokens = Counter("switchyard_prompt_tokens", "prompt tokens served", registry=r)
+        self.generated_tokens = Counter("switchyard_generated_tokens", "tokens generated", registry=r)
+        self.ttft = Histogram("switchyard_ttft_seconds", "seconds from arrival to the first token", ["task"],
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("switchyard_tpot_seconds", "seconds per output token after the first", ["task"],
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("switchyard_e2e_seconds", "seconds from arrival to the last token", ["task"],
+                             buckets=_LATENCY_BUCKETS, registry=r)
+
+    def watch(self, read: Callable[[], tuple[dict, int, int]]) -> None:
+        """Report engine and admission figures from `read()` at every scrape."""
+        self.registry.register(_EngineCollector(read))
 
     def record_request(self, endpoint: str, status: int) -> None:
-        self.requests[(endpoint, status)] += 1
+        self.requests.labels(endpoint, str(status)).inc()
 
     def record_completion(self, task: str, prompt_tokens: int, output_tokens: int, arrival: float,
                           first_token: float | None, finished: float) -> None:
-        self.prompts[task] += 1
-        self.prompt_tokens += prompt_tokens
-        self.generated_tokens += output_tokens
-        self.e2e[task].observe(finished - arrival)
+        self.prompts.labels(task).inc()
+        self.prompt_tokens.inc(prompt_tokens)
+        self.generated_tokens.inc(output_tokens)
+        self.e2e.labels(task).observe(finished - arrival)
         if first_token is not None:
-            self.ttft[task].observe(first_token - arrival)
+            self.ttft.labels(task).observe(first_token - arrival)
             if output_tokens > 1:
-                self.tpot[task].observe((finished - first_token) / (output_tokens - 1))
+                self.tpot.labels(task).observe((finished - first_token) / (output_tokens - 1))
 
-    def render(self, engines: dict[str, object]) -> str:
-        """The full exposition; `engines` maps a role ("large", "small") to an AsyncEngine."""
-        uptime = time.monotonic() - self.started
-        lines = [
-            "# TYPE switchyard_requests_total counter",
-            *(f'switchyard_requests_total{{endpoint="{e}",status="{s}"}} {n}' for (e, s), n in sorted(self.requests.items())),
-            "# TYPE switchyard_prompts_total counter",
-            *(f'switchyard_prompts_total{{task="{t}"}} {n}' for t, n in sorted(self.prompts.items())),
-            "# TYPE switchyard_generated_tokens_total counter",
-            f"switchyard_generated_tokens_total {self.generated_tokens}",
-            "# TYPE switchyard_prompt_tokens_total counter",
-            f"switchyard_prompt_tokens_total {self.prompt_tokens}",
-            "# TYPE switchyard_generation_tokens_per_second gauge",
-            f"switchyard_generation_tokens_per_second {self.generated_tokens / max(uptime, 1e-9):.3f}",
-        ]
-        for name, hists in (("ttft", self.ttft), ("tpot", self.tpot), ("e2e", self.e2e)):
-            lines.append(f"# TYPE switchyard_{name}_seconds histogram")
-            for task, h in sorted(hists.items()):
-                lines += h.lines(f"switchyard_{name}_seconds", f'task="{task}"')
-        gauges = defaultdict(list)
-        seen = set()
-        for role, engine in engines.items():
-            core = engine.engine
-            if id(core) in seen:  # one engine serving both roles is reported once
-                continue
-            seen.add(id(core))
-            sched, bm = core.scheduler, core.scheduler.block_manager
-            label = f'model="{role}"'
-            for task, depth in sorted(sched.waiting.depth_by_task().items()):
-                gauges["queue_depth"].append(f'switchyard_queue_depth{{{label},task="{task}"}} {depth}')
-            gauges["running_sequences"].append(f"switchyard_running_sequences{{{label}}} {len(sched.running)}")
-            gauges["waiting_sequences"].append(f"switchyard_waiting_sequences{{{label}}} {len(sched.waiting)}")
-            used = bm.num_blocks - bm.num_free_blocks
-            gauges["kv_blocks_used"].append(f"switchyard_kv_blocks_used{{{label}}} {used}")
-            gauges["kv_blocks_free"].append(f"switchyard_kv_blocks_free{{{label}}} {bm.num_free_blocks}")
-            gauges["preemptions_total"].append(f"switchyard_preemptions_total{{{label}}} {sched.stats.num_preemptions}")
-            queried = sched.stats.prefix_query_tokens
-            rate = sched.stats.prefix_hit_tokens / queried if queried else 0.0
-            gauges["prefix_cache_hit_rate"].append(f"switchyard_prefix_cache_hit_rate{{{label}}} {rate:.4f}")
-        for name, rows in gauges.items():
-            kind = "counter" if name.endswith("_total") else "gauge"
-            lines += [f"# TYPE switchyard_{name} {kind}", *rows]
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,70 +1,256 @@
-"""Parsing and validating OpenAI completion and chat requests into one normalised form."""
+"""The OpenAI request bodies as declared models: decoding, validation, and one normalised form.
+
+Every bound is checked here, before a request reaches a tokenizer or an engine: numbers finite and
+in range, strings valid Unicode, lists bounded, nesting shallow. What depends on the model (the
+vocabulary, the context length) is checked when the request is planned (`api.planning`) and again by
+the engine.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
+import re
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat,
+                      StrictInt, ValidationError, model_validator)
 
 from api.errors import bad_request
 
-MAX_PROMPTS = 64        # per request (the course sends 1-8)
-MAX_N = 16
+MAX_NESTING = 32          # JSON depth; a chat request needs 4, a prompt list 3
+MAX_PROMPTS = 1024        # a structural bound; the server's per-request completion cap is lower
+MAX_PROMPT_TOKEN_IDS = 1 << 20
+MAX_N = 64
 MAX_STOP = 4
-MAX_LOGPROBS = 5        # what OpenAI's completions API allows
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-# Sampling fields a request may set: name -> (check, what a valid value is).
-_SAMPLING = {
-    "max_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "min_tokens": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "temperature": (lambda v: _is_number(v) and 0 <= v <= 2, "a number in [0, 2]"),
-    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "top_k": (lambda v: _is_int(v) and v >= -1, "-1, 0 or a positive integer"),
-    "min_p": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "seed": (lambda v: _is_int(v) and -(2**63) <= v < 2**64, "an integer"),
-    "ignore_eos": (lambda v: isinstance(v, bool), "a boolean"),
-    "stop_token_ids": (lambda v: isinstance(v, list) and all(_is_int(t) and t >= 0 for t in v), "a list of token ids"),
-}
-_COMMON = {
-    "model": (lambda v: isinstance(v, str), "a string"),
-    "n": (lambda v: _is_int(v) and 1 <= v <= MAX_N, f"an integer in [1, {MAX_N}]"),
-    "stream": (lambda v: isinstance(v, bool), "a boolean"),
-    "stream_options": (lambda v: v is None or (isinstance(v, dict) and set(v) <= {"include_usage"}
-                                               and isinstance(v.get("include_usage", False), bool)),
-                       'an object like {"include_usage": true}'),
-    "stop": (lambda v: v is None or (isinstance(v, str) and v) or (
-        isinstance(v, list) and len(v) <= MAX_STOP and all(isinstance(s, str) and s for s in v)),
-        f"a non-empty string or a list of at most {MAX_STOP} non-empty strings"),
-    "priority": (lambda v: _is_int(v) and -100 <= v <= 100, "an integer in [-100, 100]"),
-    "user": (lambda v: isinstance(v, str), "a string"),
-    # Accepted for compatibility only at their neutral values.
-    "presence_penalty": (lambda v: v == 0, "0 (penalties are not supported)"),
-    "frequency_penalty": (lambda v: v == 0, "0 (penalties are not supported)"),
-    "logit_bias": (lambda v: v in (None, {}), "empty (logit_bias is not supported)"),
-}
-_COMPLETION_ONLY = {
-    "prompt": (lambda v: True, ""),
-    "echo": (lambda v: isinstance(v, bool), "a boolean"),
-    "logprobs": (lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_LOGPROBS), f"an integer in [0, {MAX_LOGPROBS}]"),
-    "best_of": (lambda v: v is None or v == 1, "1 (best_of is not supported)"),
-    "suffix": (lambda v: v is None, "null (suffix is not supported)"),
-}
-_CHAT_ONLY = {
-    "messages": (lambda v: True, ""),
-    "max_completion_tokens": _SAMPLING["max_tokens"],
-    "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
-    "top_logprobs": (lambda v: _is_int(v) and 0 <= v <= MAX_LOGPROBS, f"an integer in [0, {MAX_LOGPROBS}]"),
-    "chat_template_kwargs": (lambda v: isinstance(v, dict), "an object"),
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
+MAX_LOGPROBS = 20         # as vLLM (OpenAI's completions allow 5)
+MAX_PRIORITY = 100
+MAX_TEMPLATE_CHARS = 64 << 10
+MAX_INT_DIGITS = 20       # 2**64 has 20 digits: every id, seed and count fits
+# Arguments of `apply_chat_template` itself: a client must not set them through the template kwargs.
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors",
+    "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"})
+# OpenAI fields this server does not implement: refused by name unless they hold a neutral value.
+UNSUPPORTED = {
+    "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "best_of": 1, "suffix": None,
+    "tools": [], "tool_choice": "none", "functions": [], "function_call": "none", "parallel_tool_calls": None,
+    "response_format": {"type": "text"}, "audio": None, "modalities": ["text"], "prediction": None,
+    "reasoning_effort": None, "web_search_options": None,
 }
 
+
+# ---- decoding the body -------------------------------------------------------------------------
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # unrolled: linear and fast
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deeply a JSON text nests arrays and objects, found without parsing it (C-speed scans)."""
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits is out of range")
+    return int(text)
+
+
+def decode_json(body: bytes) -> Any:
+    """The request body as JSON; a 400 naming the problem if it is not UTF-8, not JSON, nested deeper
+    than MAX_NESTING, or holds a number that is not finite or has more than MAX_INT_DIGITS digits."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad_request(f"the request body is not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    depth = nesting_depth(body)
+    if depth > MAX_NESTING:
+        raise bad_request(f"the request body nests {depth} levels deep; at most {MAX_NESTING} are allowed")
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise bad_request(f"the request body is not valid JSON: {e}") from e
+
+
+# ---- field types -------------------------------------------------------------------------------
+
+def _unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"invalid Unicode: {e.reason} at character {e.start}") from None
+    return value
+
+
+def _number(value):
+    # Integers are welcome where a float is expected (temperature 1); booleans and strings are not.
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+Number = Annotated[StrictFloat, BeforeValidator(_number)]
+TokenId = Annotated[StrictInt, Field(ge=0)]
+
+
+def _prompt(value) -> list:
+    """A completion prompt as a list of prompts, each a string or a list of token ids."""
+    if isinstance(value, str):
+        return [_unicode(value)]
+    if isinstance(value, list) and value:
+        if all(type(t) is int and t >= 0 for t in value):
+            if len(value) > MAX_PROMPT_TOKEN_IDS:
+                raise ValueError(f"at most {MAX_PROMPT_TOKEN_IDS} token ids per prompt")
+            return [value]
+        if len(value) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request, got {len(value)}")
+        if all(isinstance(p, str) for p in value):
+            return [_unicode(p) for p in value]
+        if all(isinstance(p, list) and 0 < len(p) <= MAX_PROMPT_TOKEN_IDS and all(type(t) is int and t >= 0
+                                                                                 for t in p) for p in value):
+            return list(value)
+    raise ValueError("must be a string, a non-empty list of strings, a list of token ids, "
+                     "or a list of non-empty lists of token ids")
+
+
+def _stop(value):
+    stops = [value] if isinstance(value, str) else value
+    if isinstance(stops, list) and any(s == "" for s in stops):
+        raise ValueError("stop strings must not be empty")
+    return stops
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: StrictBool = False
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: Text
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: Text | Annotated[list[TextPart], Field(max_length=MAX_PROMPTS)]
+    name: Annotated[Text, Field(max_length=256)] | None = None
+
+    def as_template_message(self) -> dict:
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": self.role, "content": content}
+
+
+class _Request(_Strict):
+    """Fields shared by completion and chat requests (sampling, streaming, routing)."""
+
+    model: Annotated[Text, Field(max_length=256)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    min_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[StrictInt, Field(ge=-1)] | None = None      # the vocabulary bounds it (planning)
+    min_p: Annotated[Number, Field(ge=0, le=1)] | None = None
+    seed: Annotated[StrictInt, Field(ge=-(2**63), lt=2**64)] | None = None
+    stop: Annotated[list[Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]],
+                    Field(max_length=MAX_STOP), BeforeValidator(_stop)] | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    ignore_eos: StrictBool | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] = 1
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    # Added to the task's priority class: a client may defer its own requests, never jump the queue.
+    priority: Annotated[StrictInt, Field(ge=0, le=MAX_PRIORITY)] = 0
+    user: Annotated[Text, Field(max_length=256)] | None = None     # accepted, as OpenAI clients send it
+    # Refused by name unless neutral (see UNSUPPORTED).
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+    response_format: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
+
+    @model_validator(mode="after")
+    def _supported(self):
+        for name, neutral in UNSUPPORTED.items():
+            value = getattr(self, name, None)
+            if value is not None and value != neutral and not (neutral == 0 and value == 0.0):
+                raise ValueError(f"'{name}' is not supported by this server")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("'stream_options' is only allowed when 'stream' is true")
+        limit = self.max_tokens
+        if self.min_tokens is not None and limit is not None and self.min_tokens > limit:
+            raise ValueError(f"'min_tokens' ({self.min_tokens}) must not exceed 'max_tokens' ({limit})")
+        return self
+
+    def sampling(self) -> dict:
+        """The sampling fields the client set (SamplingParams keyword arguments)."""
+        names = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
+                 "stop_token_ids", "ignore_eos")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+class CompletionRequest(_Request):
+    prompt: Annotated[list, BeforeValidator(_prompt)]
+    echo: StrictBool = False
+    logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    best_of: Any = None
+    suffix: Any = None
+
+
+class ChatRequest(_Request):
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_PROMPTS)]
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None   # OpenAI's newer name
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    chat_template: Annotated[Text, Field(max_length=MAX_TEMPLATE_CHARS)] | None = None
+    chat_template_kwargs: dict[Annotated[Text, Field(max_length=64)],
+                               StrictBool | StrictInt | Number | Annotated[Text, Field(max_length=1024)] | None
+                               ] | None = None
+
+    @model_validator(mode="after")
+    def _template_kwargs(self):
+        reserved = sorted(set(self.chat_template_kwargs or {}) & RESERVED_TEMPLATE_KWARGS)
+        if reserved:
+            raise ValueError(f"'chat_template_kwargs' may not set {reserved}: they are the server's to choose")
+        if self.max_completion_tokens is not None:
+            if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
+                raise ValueError("'max_tokens' and 'max_completion_tokens' disagree")
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+
+# ---- the normalised request ----------------------------------------------------------------------
 
 @dataclasses.dataclass(slots=True)
 class GenerationRequest:
@@ -77,85 +263,59 @@ class GenerationRequest:
     include_usage: bool = False
     echo: bool = False
     logprobs: int | None = None
-    priority: int | None = None
+    priority: int = 0               # the client's deferral, added to the task's class
     model: str | None = None
     chat: bool = False
+    chat_template: str | None = None
     chat_template_kwargs: dict = dataclasses.field(default_factory=dict)
 
 
-def _check_fields(body: dict, specs: dict) -> None:
-    for name, value in body.items():
-        if name not in specs:
-            raise bad_request(f"unrecognized request argument: {name!r}", name)
-        check, expected = specs[name]
-        if value is not None and not check(value):
-            raise bad_request(f"{name!r} must be {expected}, got {value!r:.100}", name)
+def _validate(model: type[_Request], body) -> _Request:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise _as_bad_request(e) from None
 
 
-def _common(body: dict, chat: bool) -> GenerationRequest:
-    sampling = {k: body[k] for k in _SAMPLING if body.get(k) is not None}
-    if chat and body.get("max_completion_tokens") is not None:
-        sampling["max_tokens"] = body["max_completion_tokens"]
-    if body.get("stop") is not None:
-        sampling["stop"] = [body["stop"]] if isinstance(body["stop"], str) else list(body["stop"])
-    if sampling.get("min_tokens", 0) > sampling.get("max_tokens", math.inf):
-        raise bad_request("'min_tokens' must not exceed 'max_tokens'", "min_tokens")
-    options = body.get("stream_options") or {}
-    if options and not body.get("stream"):
-        raise bad_request("'stream_options' is only allowed when 'stream' is true", "stream_options")
-    return GenerationRequest(prompts=[], sampling=sampling, n=body.get("n") or 1, stream=bool(body.get("stream")),
-                             include_usage=bool(options.get("include_usage")), priority=body.get("priority"),
-                             model=body.get("model"), chat=chat)
+def _as_bad_request(error: ValidationError):
+    first = error.errors(include_url=False)[0]
+    loc = [str(part) for part in first["loc"]]
+    param = loc[0] if loc else None
+    if first["type"] == "extra_forbidden":
+        return bad_request(f"unrecognized request argument: {param!r}", param)
+    if first["type"] == "missing":
+        return bad_request(f"{param!r} is required", param)
+    message = first["msg"].removeprefix("Value error, ")
+    if not loc:  # a model-level rule: its message names the field it is about first
+        named = re.search(r"'(\w+)'", message)
+        return bad_request(message, named.group(1) if named else None)
+    where = ".".join(loc[:1] + [p for p in loc[1:] if not p.startswith(("function-", "constrained-"))][:2])
+    got = first.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {json.dumps(got)[:60]})"
+    return bad_request(f"{where!r}: {message}{shown}", param)
+
+
+def _common(req: _Request, chat: bool, prompts: list) -> GenerationRequest:
+    return GenerationRequest(prompts=prompts, sampling=req.sampling(), n=req.n, stream=req.stream,
+                             include_usage=bool(req.stream_options and req.stream_options.include_usage),
+                             priority=req.priority, model=req.model, chat=chat)
 
 
 def parse_completion(body) -> GenerationRequest:
     """Validate a /v1/completions body. `prompt` is a string, a list of strings, token ids, or lists of ids."""
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    _check_fields(body, {**_SAMPLING, **_COMMON, **_COMPLETION_ONLY})
-    if "prompt" not in body:
-        raise bad_request("'prompt' is required", "prompt")
-    prompts = _parse_prompt(body["prompt"])
-    req = _common(body, chat=False)
-    req.prompts = prompts
-    req.echo = bool(body.get("echo"))
-    req.logprobs = body.get("logprobs")
-    if len(prompts) * req.n > MAX_PROMPTS * 4:
-        raise bad_request(f"too many completions: {len(prompts)} prompts x n={req.n}", "n")
-    return req
-
-
-def _parse_prompt(prompt) -> list:
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, list) and prompt:
-        if all(_is_int(t) for t in prompt):
-            return [prompt]
-        if all(isinstance(p, str) for p in prompt) or all(
-                isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
-            if len(prompt) > MAX_PROMPTS:
-                raise bad_request(f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}", "prompt")
-            return list(prompt)
-    raise bad_request("'prompt' must be a string, a non-empty list of strings, a list of token ids, "
-                      "or a list of non-empty lists of token ids", "prompt")
+    req = _validate(CompletionRequest, body)
+    out = _common(req, False, req.prompt)
+    out.echo, out.logprobs = req.echo, req.logprobs
+    return out
 
 
 def parse_chat(body) -> GenerationRequest:
     """Validate a /v1/chat/completions body; `messages` is a list of {role, content} objects."""
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    _check_fields(body, {**_SAMPLING, **_COMMON, **_CHAT_ONLY})
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty list", "messages")
-    for m in messages:
-        if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str) and set(m) <= {"role", "content", "name"}):
-            raise bad_request("each message must be {\"role\": \"system\"|\"user\"|\"assistant\", "
-                              "\"content\": string}", "messages")
-    req = _common(body, chat=True)
-    req.prompts = [messages]
-    if body.get("logprobs"):
-        req.logprobs = body.get("top_logprobs") or 0
-    req.chat_template_kwargs = body.get("chat_template_kwargs") or {}
-    return req
+    req = _validate(ChatRequest, body)
+    out = _common(req, True, [[m.as_template_message() for m in req.messages]])
+    out.logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    out.chat_template = req.chat_template
+    out.chat_template_kwargs = dict(req.chat_template_kwargs or {})
+    return out

@@ -22,7 +22,8 @@ class InProcessBackend:
     """
 
     def __init__(self, server_argv: list[str]):
-        from api.__main__ import build_service, parse_args
+        from api.config import parse_args
+        from api.launch import build_service
         self.service = build_service(parse_args(server_argv))
         self.model = self.service.names["large"]
         self._loop = asyncio.new_event_loop()

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from models.sampler import SamplingParams
 from scheduler.engine import EngineConfig, LLMEngine
-from scheduler.outputs import RequestOutput, merge_outputs
+from scheduler.outputs import EngineStats, RequestOutput, merge_outputs
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine's stepping loop has stopped for good; no request can be served by it."""
 
 
 class AsyncEngine:
@@ -19,16 +26,22 @@ class AsyncEngine:
     streaming while the model computes, and two engines (a large and a small model) step at the
     same time. Adds and aborts are queued and applied by the loop between steps: the engine's
     state is only ever touched by one thread at a time.
+
+    Nothing a request carries can stop the loop: a request the engine refuses fails alone, and a
+    failed step fails the requests in it. Should the loop die anyway (a bug), every waiting caller
+    gets EngineDeadError at once and `on_death` callbacks run, so a server can exit and be restarted.
     """
 
     def __init__(self, engine: LLMEngine, name: str = "engine"):
         self.engine = engine
         self.name = name
+        self.on_death: list[Callable[[BaseException], None]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"switchyard-{name}")
         self._streams: dict[str, asyncio.Queue] = {}
         self._pending: list[tuple] = []
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
+        self._death: BaseException | None = None
 
     @classmethod
     async def create(cls, config: EngineConfig, name: str = "engine") -> "AsyncEngine":
@@ -37,23 +50,41 @@ class AsyncEngine:
         return cls(engine, name)
 
     @property
+    def tokenizer(self):
+        """The model's tokenizer, or None (dummy weights without --tokenizer)."""
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.model_config.vocab_size
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    @property
     def healthy(self) -> bool:
-        """False once the stepping loop has died (it survives failed steps, so this means a bug)."""
-        return self._loop_task is None or not self._loop_task.done() or self._loop_task.cancelled()
+        """False once the stepping loop has died."""
+        return self._death is None
 
     def _ensure_loop(self) -> None:
+        if self._death is not None:
+            raise EngineDeadError(f"engine {self.name!r} has stopped: {self._death}")
         if self._loop_task is None or self._loop_task.done():
             self._wakeup = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}-loop")
 
     async def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                      request_id: str | None = None, task: str = "general",
-                     priority: int = 0, stream: bool = True) -> AsyncIterator[RequestOutput]:
+                     priority: float = 0, stream: bool = True) -> AsyncIterator[RequestOutput]:
         """Queue a request and return its stream of outputs (deltas) once the engine has accepted it.
 
-        Raises ValueError for a prompt the engine cannot serve. With stream=False the stream yields
-        one output, the finished request. Closing the stream early (a client
-        disconnect, a timeout) aborts the request and frees its KV blocks.
+        Raises ValueError for a request the engine cannot serve, EngineDeadError if the engine has
+        stopped. With stream=False the stream yields one output, the finished request. Closing the
+        stream early (a client disconnect, a timeout) aborts the request and frees its KV blocks.
         """
         self._ensure_loop()
         request_id = request_id or uuid.uuid4().hex
@@ -104,7 +135,7 @@ class AsyncEngine:
 
     def abort(self, request_id: str) -> None:
         """Cancel a request; its blocks are freed before the next step."""
-        if self._wakeup is not None:
+        if self._wakeup is not None and self._death is None:
             self._pending.append(("abort", request_id))
             self._wakeup.set()
 
@@ -120,13 +151,23 @@ class AsyncEngine:
                 continue
             try:
                 self.engine.add_request(request_id, prompt, params, task=task, priority=priority, stream=stream)
-            except ValueError as e:
+            except Exception as e:  # whatever one request's data provokes is that request's failure alone
+                self.engine.abort_request(request_id)
                 accepted.set_exception(e)
                 continue
             self._streams[request_id] = queue
             accepted.set_result(None)
 
     async def _run(self) -> None:
+        try:
+            await self._step_forever()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            logger.exception("engine %r: the stepping loop died", self.name)
+            self._die(e)
+
+    async def _step_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._apply_pending()
@@ -138,10 +179,8 @@ class AsyncEngine:
             try:
                 outputs = await loop.run_in_executor(self._executor, self.engine.step)
             except Exception as e:  # a failed step fails the requests in flight, not the server
-                for request_id, queue in list(self._streams.items()):
-                    queue.put_nowait(RuntimeError(f"engine step failed: {type(e).__name__}: {e}"))
-                    self.engine.abort_request(request_id)
-                self._streams.clear()
+                logger.exception("engine %r: a step failed", self.name)
+                self._fail_all(RuntimeError(f"engine step failed: {type(e).__name__}: {e}"))
                 continue
             for out in outputs:
                 queue = self._streams.get(out.request_id)
@@ -149,6 +188,34 @@ class AsyncEngine:
                     queue.put_nowait(out)
                     if out.finished:
                         del self._streams[out.request_id]
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Fail every stream and every request not yet accepted with `error` at once. The engine
+        drops their sequences between steps (a step may be running on the worker thread now)."""
+        pending, self._pending = self._pending, []
+        for item in pending:
+            if item[0] == "add":
+                if not item[-1].done():
+                    item[-1].set_exception(error)
+            else:
+                self._pending.append(item)
+        for request_id, queue in self._streams.items():
+            queue.put_nowait(error)
+            self._pending.append(("abort", request_id))
+        self._streams.clear()
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _die(self, cause: BaseException) -> None:
+        self._death = cause
+        self._fail_all(EngineDeadError(f"engine {self.name!r} has stopped: {type(cause).__name__}: {cause}"))
+        for callback in self.on_death:
+            callback(cause)
+
+    def abort_all(self, error: BaseException) -> None:
+        """Fail every request in flight with `error` (e.g. the server is shutting down)."""
+        if self._death is None:
+            self._fail_all(error)
 
     async def shutdown(self) -> None:
         """Stop the loop and fail whatever is still in flight."""
@@ -158,8 +225,5 @@ class AsyncEngine:
                 await self._loop_task
             except asyncio.CancelledError:
                 pass
-        for request_id, queue in list(self._streams.items()):
-            queue.put_nowait(RuntimeError("engine shut down"))
-            self.engine.abort_request(request_id)
-        self._streams.clear()
+        self.abort_all(RuntimeError("engine shut down"))
         self._executor.shutdown(wait=True)

@@ -6,7 +6,8 @@ import json
 import pytest
 
 import evaluate_local
-from api.__main__ import build_service, parse_args
+from api.config import parse_args
+from api.launch import build_service
 from api.protocol import parse_completion
 from evaluation.sets import load_items
 from tasks.answer_format import LETTERS, letter_token_ids

@@ -1,0 +1,273 @@
+"""Running completion requests: admission, submission to the engines, whole responses and streams,
+and the ways a request ends early (disconnect, timeout, shutdown, a failing engine).
+
+Every path releases the request's admission slots and aborts its engine requests exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import AsyncIterator, Awaitable, Callable
+
+from api.choice import ChoiceState
+from api.errors import APIError, bad_request, unavailable
+from api.fixups import finish_prompt
+from api.metrics import Metrics
+from api.planning import Planner, PromptPlan
+from api.protocol import GenerationRequest
+from api.responses import SSE_DONE, ResponseWriter, sse, usage
+from scheduler.async_engine import AsyncEngine, EngineDeadError
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.25  # how often a waiting request checks for a disconnect, its deadline or a shutdown
+
+
+def as_api_error(error: BaseException) -> APIError:
+    """What a client is told when its engine requests fail."""
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, EngineDeadError):
+        return unavailable(str(error))
+    if isinstance(error, ValueError):  # the engine refused the request
+        return bad_request(str(error), "prompt")
+    logger.error("request failed", exc_info=error)
+    return APIError(500, f"generation failed: {type(error).__name__}: {error}")
+
+
+class CompletionService:
+    """Serves completion and chat requests over a large and a small engine (possibly the same one)."""
+
+    def __init__(self, engines: dict[str, AsyncEngine], names: dict[str, str], planner: Planner, metrics: Metrics,
+                 max_queued_prompts: int, request_timeout: float):
+        self.engines, self.names, self.planner, self.metrics = engines, names, planner, metrics
+        self.max_queued_prompts = max_queued_prompts
+        self.request_timeout = request_timeout
+        self.in_flight = 0           # admission slots held: prompts x n (x best-of) admitted and not finished
+        self.closing: APIError | None = None   # set when the server stops taking requests
+        self.aborting: APIError | None = None  # set when requests in flight must end now
+        metrics.watch(lambda: (self.engines, self.in_flight, self.max_queued_prompts))
+
+    @property
+    def healthy(self) -> bool:
+        return all(e.healthy for e in self.engines.values())
+
+    # ---- admission and submission
+
+    def _admit(self, plans: list[PromptPlan]) -> int:
+        if self.closing is not None:
+            raise self.closing
+        dead = [name for name, e in self.engines.items() if not e.healthy]
+        if dead:
+            raise unavailable(f"the {' and '.join(dead)} engine has stopped; the server is restarting")
+        count = sum(p.params.n for p in plans)
+        if self.in_flight + count > self.max_queued_prompts:
+            raise APIError(429, f"the server is at capacity ({self.in_flight} completions in flight); "
+                                "retry shortly", code="server_busy", headers={"Retry-After": "1"})
+        self.in_flight += count
+        return count
+
+    async def _submit_all(self, plans: list[PromptPlan], request_id: str, stream: bool) -> list[AsyncIterator]:
+        """Queue every prompt; if any is refused, withdraw the others and report the refusal."""
+        results = await asyncio.gather(*(
+            p.engine.submit(p.prompt_ids, p.params, request_id=f"{request_id}-{p.index}", task=p.task,
+                            priority=p.priority, stream=stream) for p in plans), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            for plan in plans:
+                plan.engine.abort(f"{request_id}-{plan.index}")
+            error = as_api_error(errors[0])
+            if error.status == 400:
+                error.message = f"prompt {results.index(errors[0])}: {error.message}"
+            raise error
+        return results
+
+    async def _pump(self, stream, candidates: list[ChoiceState], plan: PromptPlan,
+                    sink: Callable[[ChoiceState, str, str | None, bool], None] | None = None) -> None:
+        """Consume one prompt's engine stream into its candidates; `sink(choice, new text, finish
+        reason, produced tokens)` sees every delta."""
+        arrival = time.monotonic()
+        first = None
+        async for out in stream:
+            if out.error is not None:
+                raise APIError(500, f"generation failed for prompt {plan.index}: {out.error}")
+            for delta in out.outputs:
+                choice = candidates[delta.index]
+                if first is None and delta.token_ids:
+                    # The engine's clock is this one (monotonic); an unstreamed output arrives at the end.
+                    first = out.first_token_time or time.monotonic()
+                text = choice.apply(delta)
+                if sink is not None:
+                    sink(choice, text, delta.finish_reason, bool(delta.token_ids))
+        produced = sum(len(c.token_ids) for c in candidates)
+        self.metrics.record_completion(plan.task, len(plan.prompt_ids), produced, arrival, first, time.monotonic())
+
+    def _writer(self, req: GenerationRequest, plans: list[PromptPlan], request_id: str) -> ResponseWriter:
+        return ResponseWriter(req, request_id, req.model or self.names[plans[0].role], self.names)
+
+    # ---- whole responses
+
+    async def complete(self, req: GenerationRequest, is_disconnected: Callable[[], Awaitable[bool]]) -> dict:
+        """Serve a non-streaming request; returns the response body."""
+        start = time.monotonic()
+        plans = await self.planner.plan(req)
+        count = self._admit(plans)
+        request_id = uuid.uuid4().hex
+        try:
+            work = asyncio.ensure_future(self._run_whole(req, plans, request_id))
+            chosen = await self._await(work, is_disconnected, start + self.request_timeout)
+        finally:
+            self.in_flight -= count
+        choices = [c for plan_choices in chosen for c in plan_choices]
+        return self._writer(req, plans, request_id).completion(plans, choices, time.monotonic() - start)
+
+    async def _run_whole(self, req: GenerationRequest, plans: list[PromptPlan], request_id: str):
+        streams = await self._submit_all(plans, request_id, stream=False)
+        candidates = ChoiceState.for_plans(plans, req.n)
+
+        async def serve(stream, plan):
+            try:
+                await self._pump(stream, candidates[plan.index], plan)
+            finally:
+                await stream.aclose()
+            return await finish_prompt(plan, candidates[plan.index], request_id)
+
+        return await asyncio.gather(*(serve(s, p) for s, p in zip(streams, plans)))
+
+    async def _await(self, work: asyncio.Future, is_disconnected, deadline: float):
+        """Wait for the engines, but give up (aborting every prompt) on a disconnect, the deadline or
+        a shutdown."""
+        try:
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=_POLL_S)
+                if done:
+                    try:
+                        return work.result()
+                    except Exception as e:
+                        raise as_api_error(e) from e
+                if self.aborting is not None:
+                    raise self.aborting
+                if await is_disconnected():
+                    raise APIError(499, "client disconnected")
+                if time.monotonic() > deadline:
+                    raise APIError(504, f"the request timed out after {self.request_timeout:g} s", code="timeout")
+        finally:
+            if not work.done():  # cancelling closes the engine streams, which aborts their requests
+                work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+
+    # ---- streams
+
+    async def start_stream(self, req: GenerationRequest) -> "StreamJob":
+        """Plan, admit and queue a streaming request. Everything that can be refused is refused here,
+        before any byte of the response is sent."""
+        plans = await self.planner.plan(req)
+        count = self._admit(plans)
+        request_id = uuid.uuid4().hex
+        try:
+            streams = await self._submit_all(plans, request_id, stream=True)
+        except BaseException:
+            self.in_flight -= count
+            raise
+        return StreamJob(self, req, plans, streams, request_id, count)
+
+    # ---- shutdown
+
+    async def drain(self, grace: float) -> None:
+        """Stop admitting; let requests in flight finish for up to `grace` seconds, then end them with 503."""
+        self.closing = unavailable("the server is shutting down")
+        deadline = time.monotonic() + grace
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.in_flight:
+            logger.warning("aborting %d completions still in flight after %g s", self.in_flight, grace)
+        self.aborting = unavailable(f"the server shut down before this request finished (grace {grace:g} s)")
+
+
+class StreamJob:
+    """A streaming request once admitted: its SSE events, and `close()`, which releases its slots and
+    aborts its engine requests once, whether or not the events were ever read."""
+
+    def __init__(self, service: CompletionService, req: GenerationRequest, plans: list[PromptPlan], streams: list,
+                 request_id: str, count: int):
+        self.service, self.req, self.plans, self.streams = service, req, plans, streams
+        self.request_id, self.count = request_id, count
+        self.writer = service._writer(req, plans, request_id)
+        self.start = time.monotonic()
+        self._worker: asyncio.Task | None = None
+        self._closed = False
+
+    async def events(self) -> AsyncIterator[str]:
+        req, service = self.req, self.service
+        candidates = ChoiceState.for_plans(self.plans, req.n)  # streaming has no best-of: one per choice
+        choices = [c for plan_choices in candidates for c in plan_choices]
+        events: asyncio.Queue = asyncio.Queue()
+
+        def sink(choice, text, finish_reason, produced):
+            # One chunk per step that produced tokens, even when their text is held back (a partial
+            # character, a possible stop string or think tag), so a client can time every token.
+            if text or produced or finish_reason is not None:
+                events.put_nowait(self.writer.chunk_choice(choice, text, finish_reason))
+
+        async def pump_all():
+            try:
+                await asyncio.gather(*(service._pump(s, candidates[p.index], p, sink)
+                                       for s, p in zip(self.streams, self.plans)))
+            finally:
+                events.put_nowait(None)
+
+        self._worker = asyncio.get_running_loop().create_task(pump_all())
+        deadline = self.start + service.request_timeout
+        error = None
+        try:
+            if req.chat:
+                yield self.writer.role_chunk(choices)
+            while True:
+                if service.aborting is not None:
+                    error = service.aborting
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    error = APIError(504, f"the request timed out after {service.request_timeout:g} s",
+                                     code="timeout")
+                    break
+                try:
+                    item = await asyncio.wait_for(events.get(), timeout=min(remaining, _POLL_S))
+                except asyncio.TimeoutError:
+                    continue
+                if item is None:
+                    break
+                # Whatever else is ready goes out in the same write.
+                batch = [item]
+                while not events.empty() and batch[-1] is not None:
+                    batch.append(events.get_nowait())
+                done = batch[-1] is None
+                yield "".join(self.writer.chunk([c]) for c in batch if c is not None)
+                if done:
+                    break
+            if error is None and self._worker.done() and self._worker.exception() is not None:
+                error = as_api_error(self._worker.exception())
+            if error is not None:
+                yield sse(error.body())
+            elif req.include_usage:
+                completion = sum(len(c.token_ids) for c in choices)
+                yield self.writer.chunk([], usage(sum(len(p.prompt_ids) for p in self.plans), completion))
+            yield SSE_DONE
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.service.in_flight -= self.count
+        if self._worker is not None and not self._worker.done():  # the client went away: abort every prompt
+            self._worker.cancel()
+        if self._worker is not None:
+            await asyncio.gather(self._worker, return_exceptions=True)
+        for plan, stream in zip(self.plans, self.streams):
+            plan.engine.abort(f"{self.request_id}-{plan.index}")  # a no-op for finished requests
+            await stream.aclose()
