@@ -79,3 +79,20 @@ def test_a_text_the_grader_reads_already_is_left_alone():
     for text in ["The answer is (B).", r"So \boxed{D}.", "Dose 5 mg. $C$"]:
         assert not needs_answer(text)
         assert enforce(text, never_called) == text
+
+
+def test_replay_scores_the_constrained_and_the_committed_letter():
+    """`evaluation.enforcement_replay` on item 206 and on a listed-options text, gold D and C."""
+    from evaluation.enforcement_replay import replay
+    listed = "A. Shunting\nB. Endoscopy\nC. Intubation\nD. Endoscopy"
+    raw = [{"task": "mmlu_med", "prompt_idx": 206, "gold": "D", "output": ITEM_206},
+           {"task": "mmlu_med", "prompt_idx": 210, "gold": "C", "output": listed},
+           {"task": "mmlu_med", "prompt_idx": 211, "gold": "C", "output": "The answer is (C)."}]
+    enforced = [{**raw[0], "output": with_answer(ITEM_206, "C")}, {**raw[1], "output": with_answer(listed, "C")},
+                raw[2]]
+    result = replay(raw, enforced)
+    assert {k: result[k] for k in ("items", "fixed_up", "committed", "contradicted", "mismatched")} == \
+        {"items": 3, "fixed_up": 2, "committed": 1, "contradicted": 1, "mismatched": 0}
+    assert (result["score_without"], result["score_constrained"], result["score_committed_first"]) == \
+        (round(1 / 3, 3), round(2 / 3, 3), round(2 / 3, 3))
+    assert result["contradictions"][0]["committed"] == "A" and result["contradictions"][0]["constrained"] == "C"
