@@ -17,6 +17,7 @@ and every disagreement.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import re
@@ -47,7 +48,7 @@ def course_graph_score(text: str, gold: dict) -> float:
         match = None if parsed else re.search(pattern, text, re.DOTALL)
         if match:
             try:
-                first, second = eval(match.group(1)), eval(match.group(2))  # noqa: S307 (generated text)
+                first, second = eval(match.group(1)), eval(match.group(2))  # generated text only
             except Exception:
                 continue
             parsed = (first, second) if i == 0 else (second, first)
@@ -77,7 +78,7 @@ def _int_list(rng: random.Random, xs: list[int]) -> str:
              f"list({literal})", f"[{xs[0]}] + {literal[:1]}{', '.join(map(str, xs[1:]))}]"]
     if xs == sorted(xs):
         forms.append(f"sorted({literal[:1]}{', '.join(map(str, reversed(xs)))}])")
-    steps = {b - a for a, b in zip(xs, xs[1:])}
+    steps = {b - a for a, b in itertools.pairwise(xs)}
     if len(steps) == 1 and steps != {0}:
         step = steps.pop()
         forms += [f"list(range({xs[0]}, {xs[-1] + step}, {step}))", f"[*range({xs[0]}, {xs[-1] + step}, {step})]"]

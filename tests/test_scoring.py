@@ -19,8 +19,16 @@ import pytest
 import tasks.mmlu_fallback
 from tasks.generate import random_graph
 from tasks.graph_oracle import gold_answer
-from tasks.infobench_judge import (JUDGE_INSTRUCTION, add_judge_arguments, chat_from_args, first_turn,
-                                   item_score, judge_item, parse_verdict, task_score)
+from tasks.infobench_judge import (
+    JUDGE_INSTRUCTION,
+    add_judge_arguments,
+    chat_from_args,
+    first_turn,
+    item_score,
+    judge_item,
+    parse_verdict,
+    task_score,
+)
 from tasks.mmlu_fallback import fallback_letter
 from tasks.scoring import parse_graph_answer, parse_mmlu_answer, score_graph, score_mmlu
 
@@ -134,7 +142,7 @@ def _as_expression(rng: random.Random, xs: list[int]) -> str:
     forms = [f"[{body}]", f"({body},)", f"list(({body},))", f"[{xs[0]}] + [{', '.join(map(str, xs[1:]))}]",
              f"[*[{body}]]", f"sorted([{', '.join(map(str, sorted(xs, reverse=True)))}], reverse={xs != sorted(xs)})"
              if xs in (sorted(xs), sorted(xs, reverse=True)) else f"[{body}] * 1"]
-    if len(xs) > 1 and len({b - a for a, b in zip(xs, xs[1:])}) == 1 and xs[1] != xs[0]:
+    if len(xs) > 1 and len({b - a for a, b in itertools.pairwise(xs)}) == 1 and xs[1] != xs[0]:
         step = xs[1] - xs[0]
         forms += [f"list(range({xs[0]}, {xs[-1] + step}, {step}))", f"range({xs[0]}, {xs[-1] + step}, {step})"]
     return rng.choice(forms)
