@@ -106,7 +106,8 @@ class CompletionService:
         self.metrics.record_completion(plan.task, len(plan.prompt_ids), produced, arrival, first, time.monotonic())
 
     def _writer(self, req: GenerationRequest, plans: list[PromptPlan], request_id: str) -> ResponseWriter:
-        return ResponseWriter(req, request_id, req.model or self.names[plans[0].role], self.names)
+        # The response names the system (the large model's served name); each choice names its own model.
+        return ResponseWriter(req, request_id, req.model or self.names["large"], self.names)
 
     # ---- whole responses
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import resource
+import signal
 import socket
 
 import uvicorn
@@ -83,6 +84,11 @@ class Server(uvicorn.Server):
         logger.error("an engine died (%s: %s); shutting down so a supervisor can restart the server",
                      type(cause).__name__, cause)
         self.should_exit = True
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:  # a graceful stop is a normal end: exit 0, not "killed by SIGTERM"
+            self._captured_signals.remove(sig)
 
     async def shutdown(self, sockets=None) -> None:
         drain = asyncio.ensure_future(self.service.drain(self.grace))
