@@ -12,7 +12,12 @@ import dataclasses
 import json
 from pathlib import Path
 
+from models.sampler import SamplingParams
+
 MODEL_CHOICES = ("large", "small", "auto")
+# The request fields a policy may give defaults for.
+SAMPLING_DEFAULTS = frozenset({"max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
+                               "stop_token_ids", "ignore_eos"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +46,14 @@ class TaskPolicy:
             raise ValueError(f"best_of must be an integer >= 1, got {self.best_of!r}")
         if self.best_of > 1 and not self.verify_graph_paths:
             raise ValueError("best_of > 1 needs verify_graph_paths, the only verifier that can pick a candidate")
+        # A typo here would otherwise load silently and fail every request of the task later.
+        unknown = sorted(set(self.sampling) - SAMPLING_DEFAULTS)
+        if unknown:
+            raise ValueError(f"sampling: unknown fields {unknown}; allowed: {sorted(SAMPLING_DEFAULTS)}")
+        try:
+            SamplingParams(**self.sampling)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"sampling: {e}") from e
 
     def choose_model(self, prompt_text: str) -> str:
         if self.model == "auto":

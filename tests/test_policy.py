@@ -28,6 +28,8 @@ def test_policy_file_overrides_fields(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ("{", "policy file"), ("[]", "expected an object"), ('{"chess": {}}', "unknown task"),
     ('{"graph": {"colour": 1}}', "fields must be among"), ('{"graph": {"model": "huge"}}', "model must be one of"),
+    ('{"graph": {"sampling": {"temprature": 0}}}', "unknown fields \\['temprature'\\]"),
+    ('{"graph": {"sampling": {"top_p": 0}}}', "top_p must be in"),
 ])
 def test_bad_policy_files(tmp_path, content, message):
     path = tmp_path / "p.json"
