@@ -255,3 +255,80 @@ def test_client_chat_templates_are_sandboxed(tiny_model_dir):
         assert httpx.get(srv.url + "/health").status_code == 200 and srv.settled()
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def strict_server(tiny_model_dir):
+    """Three admission slots and a 1.5 s request deadline, so every early ending is quick to reach."""
+    srv = RunningServer(["--model", str(tiny_model_dir), "--max-model-len", "4096", "--max-queued-prompts", "3",
+                         "--request-timeout", "1.5"])
+    yield srv
+    srv.stop()
+
+
+LONG = {"prompt": "a long answer", "max_tokens": 3000, "ignore_eos": True}
+
+
+def _status_count(server, status: int) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    line = f'switchyard_requests_total{{endpoint="/v1/completions",status="{status}"}}'
+    return next((float(row.split()[-1]) for row in text.splitlines() if row.startswith(line)), 0.0)
+
+
+def test_timeout_504_releases_everything(strict_server):
+    r, elapsed = _post(strict_server, LONG)
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout" and 1.4 < elapsed < 5
+    with httpx.stream("POST", strict_server.url + "/v1/completions", json={**LONG, "stream": True}, timeout=30) as s:
+        lines = [line for line in s.iter_lines() if line]
+    assert "timed out" in lines[-2] and lines[-1] == "data: [DONE]"
+    assert strict_server.settled()
+
+
+def test_capacity_429_takes_no_slot(strict_server):
+    with Innocents(strict_server) as innocents:  # two slots held
+        innocents.wait_running()
+        r, _ = _post(strict_server, {"prompt": ["a", "b"], "max_tokens": 2})  # needs two more: one is left
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["type"] == "rate_limit_error"
+    assert strict_server.settled()
+
+
+def test_client_disconnect_499_aborts_the_generation(strict_server):
+    before = _status_count(strict_server, 499)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(strict_server.url + "/v1/completions", json=LONG, timeout=0.5)
+    deadline = time.monotonic() + 5
+    while _status_count(strict_server, 499) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _status_count(strict_server, 499) == before + 1
+    assert strict_server.settled(timeout=2)  # aborted, not generated to its 3000 tokens
+
+
+def test_stream_disconnect_mid_generation_aborts(strict_server):
+    with httpx.stream("POST", strict_server.url + "/v1/completions", json={**LONG, "stream": True}) as s:
+        chunks = 0
+        for line in s.iter_lines():
+            chunks += line.startswith("data: {")
+            if chunks == 3:
+                break  # hang up three tokens in
+    assert strict_server.settled(timeout=2)
+
+
+def test_a_failing_request_fails_alone_over_http(server, monkeypatch):
+    """A request whose own data breaks the engine (here: its detokenizer) gets a 500; the innocents
+    running beside it are unchanged and nothing leaks."""
+    from scheduler.detokenizer import IncrementalDetokenizer
+    working = IncrementalDetokenizer.add
+
+    def add(self, token_id):
+        if self.params.seed == 666:
+            raise RuntimeError("injected detokenizer fault")
+        return working(self, token_id)
+
+    monkeypatch.setattr(IncrementalDetokenizer, "add", add)
+    with Innocents(server) as innocents:
+        innocents.wait_running()
+        r, _ = _post(server, {"prompt": "doomed", "max_tokens": 8, "seed": 666, "temperature": 0})
+        assert r.status_code == 500 and "injected detokenizer fault" in r.json()["error"]["message"]
+    assert all(ok for _, ok in innocents.results) and httpx.get(server.url + "/health").status_code == 200
+    assert server.settled()
