@@ -4,6 +4,7 @@ the event loop stays responsive while the model computes, and two engines share 
 import asyncio
 
 import pytest
+import torch
 
 from models.sampler import SamplingParams
 from scheduler.async_engine import AsyncEngine
@@ -145,13 +146,19 @@ def test_two_engines_in_one_process(tiny_model_dir, expected):
 
 
 def test_warm_up_touches_only_the_scratch_block(tiny_model_dir, expected):
-    """The start-up warm-up (run on CUDA before serving) leaves the pool untouched and outputs unchanged."""
-    llm = LLM(str(tiny_model_dir), async_scheduling=True)
-    pool = llm.engine.scheduler.block_manager.pool
-    llm.engine.runner.warm_up()
-    assert pool.num_free == pool.num_blocks
+    """The start-up warm-up (run on CUDA before serving) writes only the scratch block: every pool
+    block's K/V is bit-identical afterwards, so cached prefixes stay valid and outputs unchanged."""
+    llm = LLM(str(tiny_model_dir), async_scheduling=True, block_size=4)  # small blocks: the prompts fill some
     assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)] == [e.token_ids for e in expected]
-    assert pool.num_free == pool.num_blocks
+    runner = llm.engine.runner
+    pool_kv = lambda: [t[:runner.scratch_block].clone() for layer in runner.kv_caches for t in layer]  # noqa: E731
+    before = pool_kv()
+    assert any(t.abs().sum() > 0 for t in before)  # the cache holds the prompts' K/V
+    llm.engine.runner.warm_up()
+    assert all(torch.equal(a, b) for a, b in zip(before, pool_kv()))
+    hits = llm.engine.stats().prefix_hit_tokens
+    assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)] == [e.token_ids for e in expected]
+    assert llm.engine.stats().prefix_hit_tokens > hits  # the second run read the cached blocks
 
 
 def test_a_stream_that_fell_behind_gets_its_deltas_merged(tiny_model_dir, expected):
