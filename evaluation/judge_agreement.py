@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from tasks.generate import DATA_DIR, infobench_rows
+from tasks.fresh_prompts import DATA_DIR, infobench_rows
 from tasks.infobench_judge import judge_item
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from tasks.generate import DATA_DIR, infobench_rows, mmlu_rows
+from tasks.fresh_prompts import DATA_DIR, infobench_rows, mmlu_rows
 from tasks.graph_oracle import gold_answer, parse_graph_prompt
 from tasks.templates import infobench_prompt, mmlu_prompt
 

@@ -26,7 +26,7 @@ from typing import Callable
 
 import httpx
 
-from tasks.generate import DATA_DIR
+from tasks.fresh_prompts import DATA_DIR
 
 Chat = Callable[[list[dict]], str]
 

@@ -5,7 +5,7 @@ import random
 
 import tasks.answer_format
 from tasks.answer_format import LETTERS, committed_letter, needs_answer, with_answer
-from tasks.generate import mmlu_rows
+from tasks.fresh_prompts import mmlu_rows
 from tasks.scoring import parse_mmlu_answer
 
 # What SmolLM2-135M wrote for dev_test MMLU item 206 (prompt_idx 206, gold D); the old enforcement

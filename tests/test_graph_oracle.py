@@ -14,7 +14,7 @@ from collections import Counter
 import networkx as nx
 import pytest
 
-from tasks.generate import DATA_DIR, random_graph
+from tasks.fresh_prompts import DATA_DIR, random_graph
 from tasks.graph_oracle import gold_answer, parse_graph_prompt, top_p_paths
 from tasks.scoring import score_graph
 from tasks.templates import graph_prompt

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.generate import (DATA_DIR, graph_prompts, infobench_prompts, infobench_rows, mmlu_prompts, mmlu_rows,
+from tasks.fresh_prompts import (DATA_DIR, graph_prompts, infobench_prompts, infobench_rows, mmlu_prompts, mmlu_rows,
                             random_graph)
 from tasks.router import LABELS, classify
 from tasks.templates import graph_prompt, infobench_prompt, mmlu_prompt

@@ -17,7 +17,7 @@ import tracemalloc
 import pytest
 
 import tasks.mmlu_fallback
-from tasks.generate import random_graph
+from tasks.fresh_prompts import random_graph
 from tasks.graph_oracle import gold_answer
 from tasks.infobench_judge import (
     JUDGE_INSTRUCTION,

@@ -1,7 +1,7 @@
 """Command line: complete prompts with the engine and print the results.
 
-    python -m scheduler.generate --prompt "The capital of France is" --max-tokens 32
-    python -m scheduler.generate --chat --prompt "What is the capital of France?"
+    python -m scheduler --prompt "The capital of France is" --max-tokens 32
+    python -m scheduler --chat --prompt "What is the capital of France?"
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from scheduler.llm import LLM
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scheduler.generate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded",
                     help="'embedded' (SmolLM2-135M-Instruct, the default), an HF model dir, a .gguf file or a hub id")
     ap.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
