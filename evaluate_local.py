@@ -34,10 +34,12 @@ COURSE_MAX_TOKENS = 2048  # what the course client asks for
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="evaluate_local.py", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="evaluate_local.py", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--task", default="all", choices=TASKS + ("all",))
     ap.add_argument("--limit", type=int, help="first N items of each task (default: all 100)")
-    ap.add_argument("--batch_size", type=int, default=8, help="prompts per request, as the course batches them")
+    ap.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
+                    help="prompts per request, as the course batches them (--batch_size: the course's spelling)")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     ap.add_argument("--output", default="results.json")
     ap.add_argument("--runs", default="runs.jsonl", help="JSON-lines file that gets one summary row per run")
@@ -178,6 +180,9 @@ def main(argv=None) -> int:
         backend = InProcessBackend(server_argv)
         backend_label = "in-process"
     chat, judge_label = _judge(args, backend)
+    if "infobench" in tasks and judge_label.startswith("local judge"):
+        print(f"warning: InfoBench is judged by {backend.model} itself, far weaker than the course's judge; "
+              "its scores are indicative only (use --judge-url and --judge-model for a real judge)", file=sys.stderr)
     start = time.monotonic()
     records, per_task = [], {}
     try:
@@ -206,6 +211,7 @@ def main(argv=None) -> int:
     with open(args.runs, "a") as f:
         f.write(json.dumps(summary) + "\n")
     print(json.dumps(summary, indent=1))
+    print(f"wrote per-item records to {args.output} and appended this summary to {args.runs}", file=sys.stderr)
     return 0
 
 

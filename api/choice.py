@@ -23,7 +23,7 @@ class ChoiceState:
     generated: int = 0        # tokens generated for this choice: its candidates' and any enforced answer
 
     @classmethod
-    def for_plans(cls, plans: list[PromptPlan], n: int) -> list[list["ChoiceState"]]:
+    def for_plans(cls, plans: list[PromptPlan], n: int) -> list[list[ChoiceState]]:
         """Per plan, its engine candidates: `samples` of them for each of its n returned choices, in order."""
         return [[cls(plan.index * n + j // plan.samples, plan,
                      filter=ThinkingFilter() if plan.policy.strip_thinking else None)

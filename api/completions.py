@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from api.choice import ChoiceState
 from api.errors import APIError, bad_request, unavailable
@@ -162,7 +162,7 @@ class CompletionService:
 
     # ---- streams
 
-    async def start_stream(self, req: GenerationRequest) -> "StreamJob":
+    async def start_stream(self, req: GenerationRequest) -> StreamJob:
         """Plan, admit and queue a streaming request. Everything that can be refused is refused here,
         before any byte of the response is sent."""
         plans = await self.planner.plan(req)

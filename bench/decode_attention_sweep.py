@@ -13,6 +13,7 @@ rows of one head are 256-byte pieces, kv_heads * head_dim apart) and "head-major
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 
 import torch
@@ -79,8 +80,8 @@ def main() -> None:
             for block_n, num_warps, num_stages in itertools.product(block_ns, warps, stages):
                 triton_kernels.DECODE_CONFIG.update(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
                 try:
-                    run = lambda: paged_decode_attention(q, k, v, tables, lens, 0.088, out, max_seq_len=args.context)
-                    seconds = time_call(run)
+                    seconds = time_call(functools.partial(paged_decode_attention, q, k, v, tables, lens, 0.088, out,
+                                                          max_seq_len=args.context))
                 except Exception as e:  # e.g. out of shared memory for this tile shape
                     print(f"batch {batch} {layout} {block_n}/{num_warps}/{num_stages}: {type(e).__name__}")
                     continue

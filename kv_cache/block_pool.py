@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from typing import Iterable
+from collections.abc import Iterable
 
 
 @dataclasses.dataclass(slots=True, eq=False)

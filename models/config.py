@@ -50,7 +50,7 @@ class ModelConfig:
         return self.num_layers * 2 * self.kv_size * dtype_bytes
 
     @classmethod
-    def from_hf_dict(cls, cfg: dict, source: str = "config.json") -> "ModelConfig":
+    def from_hf_dict(cls, cfg: dict, source: str = "config.json") -> ModelConfig:
         """Validate an HF config dict and convert it; unsupported features are a clear error."""
         model_type = cfg.get("model_type")
         if model_type not in _ARCHITECTURES:
@@ -96,7 +96,7 @@ class ModelConfig:
             raise ModelLoadError(f"{source}: missing or invalid field: {e}") from e
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path) -> "ModelConfig":
+    def from_model_dir(cls, model_dir: Path) -> ModelConfig:
         """Read `config.json` from an HF model directory."""
         path = Path(model_dir) / "config.json"
         try:

@@ -7,7 +7,7 @@ five; `load_weights` slices the HF checkpoint's separate matrices into them.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -206,7 +206,7 @@ class DecoderModel(nn.Module):
                        "gate_up_proj": [cfg.intermediate_size, cfg.intermediate_size]}
         loaded: set[tuple[str, int]] = set()
         expected: set[tuple[str, int]] = set()
-        for name, p in params.items():
+        for name in params:
             fused = name.split(".")[-2]
             expected.update((name, i) for i in range(len(shard_sizes.get(fused, [None]))))
         for hf_name, tensor in weights:

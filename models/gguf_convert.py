@@ -229,7 +229,8 @@ def _hf_tensors(reader: gguf.GGUFReader, config: dict, path: Path) -> dict[str, 
         # ggml lists dimensions innermost first; HF wants [out_features, in_features].
         shape = tuple(int(dim) for dim in reversed(tensor.shape))
         if name not in expected:
-            raise ModelLoadError(f"{path}: unexpected tensor {tensor.name!r} for a {config['num_hidden_layers']}-layer model")
+            raise ModelLoadError(f"{path}: unexpected tensor {tensor.name!r} for a "
+                                 f"{config['num_hidden_layers']}-layer model")
         if expected[name] != shape:
             raise ModelLoadError(f"{path}: tensor {tensor.name!r} has shape {shape}, expected {expected[name]}")
         try:
@@ -243,7 +244,8 @@ def _hf_tensors(reader: gguf.GGUFReader, config: dict, path: Path) -> dict[str, 
         tensors[name] = np.ascontiguousarray(weight)
     missing = sorted(expected.keys() - tensors.keys())
     if missing:
-        raise ModelLoadError(f"{path}: missing tensors for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        more = " ..." if len(missing) > 3 else ""
+        raise ModelLoadError(f"{path}: missing tensors for {', '.join(missing[:3])}{more}")
     return tensors
 
 

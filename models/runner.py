@@ -182,7 +182,8 @@ class ModelRunner:
                 dst, src = to_device([d for d, _ in pairs] + [s for _, s in pairs], torch.int64,
                                      self.device).split(len(pairs))
                 input_ids.index_copy_(0, dst, prev_tokens.index_select(0, src))
-            if self.decode_graphs is not None and meta.num_decodes == len(seqs) and self.decode_graphs.can_run(len(seqs)):
+            graphs = self.decode_graphs
+            if graphs is not None and meta.num_decodes == len(seqs) and graphs.can_run(len(seqs)):
                 hidden = self.decode_graphs.run(input_ids, positions, meta.slot_mapping, meta.seq_lens,
                                                 meta.block_tables)
             else:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from models.sampler import SamplingParams
 from scheduler.engine import EngineConfig, LLMEngine
@@ -44,7 +45,7 @@ class AsyncEngine:
         self._death: BaseException | None = None
 
     @classmethod
-    async def create(cls, config: EngineConfig, name: str = "engine") -> "AsyncEngine":
+    async def create(cls, config: EngineConfig, name: str = "engine") -> AsyncEngine:
         """Load the model off the event loop and return the engine."""
         engine = await asyncio.get_running_loop().run_in_executor(None, LLMEngine, config)
         return cls(engine, name)
@@ -221,9 +222,7 @@ class AsyncEngine:
         """Stop the loop and fail whatever is still in flight."""
         if self._loop_task is not None:
             self._loop_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-            except asyncio.CancelledError:
-                pass
         self.abort_all(RuntimeError("engine shut down"))
         self._executor.shutdown(wait=True)

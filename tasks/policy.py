@@ -33,7 +33,7 @@ class TaskPolicy:
     # Task-aware answer handling (whole responses only; a streamed answer is sent as generated):
     enforce_answer_format: bool = False  # MMLU: force "The answer is (X)" if none parses (tasks/answer_format.py)
     verify_graph_paths: bool = False     # GraphDev: keep only valid proposed paths, rewritten (tasks/graph_verifier.py)
-    best_of: int = 1                     # candidates per answer; the graph verifier picks one (needs verify_graph_paths)
+    best_of: int = 1                     # candidates per answer, the graph verifier picks one (verify_graph_paths)
     best_of_temperature: float = 0.7     # the candidates' default temperature when best_of > 1
     length_from_instruction: bool = False  # cap max_tokens by the instruction's length words (tasks/length_budget.py)
 

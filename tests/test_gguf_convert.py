@@ -119,7 +119,8 @@ def test_saved_tokenizer_has_gguf_specials_and_chat_template(converted_dir):
     assert tokenizer.model_max_length == 8192
     # SmolLM2's GGUF sets add_bos_token=false; the chat template supplies <|im_start|>.
     assert tokenizer("Hello").input_ids[0] != tokenizer.bos_token_id
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                           add_generation_prompt=True)
     assert prompt.startswith("<|im_start|>system\n")
     assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     generation = transformers.GenerationConfig.from_pretrained(converted_dir)

@@ -70,7 +70,7 @@ class FakeModel:
         """Sampled token per sampling seq_id. `pending`: the step in flight's tokens, which stand in
         for the placeholders they will replace (the GPU reads them on the device)."""
         sampled = {}
-        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
             start = seq.num_computed_tokens
             prev = None
             if start:

@@ -183,7 +183,8 @@ def graph_variants(count: int, seed: int = 0):
         paths = [_as_expression(rng, path) for path, _ in pairs]
         weights = [_weight_expression(rng, w) for _, w in pairs]
         if rng.random() < 0.5:  # concatenated one-element lists: `[[0, 2]] + [[0, 2, 4]]`
-            paths_src, weights_src = " + ".join(f"[{x}]" for x in paths), " + ".join(f"[{x}]" for x in weights) + " + []"
+            paths_src = " + ".join(f"[{x}]" for x in paths)
+            weights_src = " + ".join(f"[{x}]" for x in weights) + " + []"
         else:
             paths_src, weights_src = f"[{', '.join(paths)}]", f"[{', '.join(weights)}]"
         if not pairs:
@@ -226,7 +227,8 @@ def test_graph_failed_evaluation_moves_on_to_the_other_argument_order():
 
 HOSTILE = ["[0] * 10**12", "[10**10**10]", "[9**9**9**9]", "[2**100000]", "['a' * 10**10]", "[[0] * 1000] * 1000",
            "[[0] * 100] * 100 * 100", "[range(10**12)]", "[list(range(10**9))]", "[sum([[0]] * 99999, [])]",
-           "[" * 150 + "]" * 150, "[" * 5000 + "]" * 5000, "[" + "+".join(["1"] * 200000) + "]", "[" + "+".join(["1"] * 24000) + "]",
+           "[" * 150 + "]" * 150, "[" * 5000 + "]" * 5000, "[" + "+".join(["1"] * 200000) + "]",
+           "[" + "+".join(["1"] * 24000) + "]",
            "[" + ", ".join(["[0] * 9"] * 5000) + "]",
            "[" + " + ".join(["[0] * 90000"] * 50) + "]", "[len([0] * 99999)" + " + len([0] * 99999)" * 20 + "]",
            "[(-3) ** (10 ** 20)]", "[int('9' * 4000)]", "[sorted(range(10**8))]", "[[*range(10**9)]]",
@@ -314,7 +316,8 @@ _SPANS = [("$X$", "span"), ("$$X$$", "span"), (r"\(X\)", "span"), (r"\[X\]", "sp
           (r"$X \text{ (the drug)}$", "span"), (r"$'X'$", "span"), (r"\boxed{X}", "box"), (r"$\boxed{X}$", "box"),
           (r"\boxed{ X }.", "box")]
 _BEFORE = ["", "Dose 5 mg. ", "A 45-year-old man. So ", "Costs 100 dollars: ", "x = 3, so ", "Vitamin B12. "]
-_AFTER = [("", False), (" at 5 mg.", True), (" for a 45-year-old.", True), (" (see 2 studies)", True), (" (5 mg)", False),
+_AFTER = [("", False), (" at 5 mg.", True), (" for a 45-year-old.", True), (" (see 2 studies)", True),
+          (" (5 mg)", False),
           ("\n\nIt is correct.", False), (" Total = 3.", True), (" 10%", True)]
 
 

@@ -30,7 +30,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "api"]
-        self._log_file = open(log, "wb")
+        self._log_file = open(log, "wb")  # noqa: SIM115 (open for the process's whole life)
         self.proc = subprocess.Popen([*command, *args, "--port", str(self.port)], cwd=ROOT,
                                      stdout=self._log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120

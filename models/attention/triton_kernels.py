@@ -153,11 +153,11 @@ def _decode_reduce_kernel(part_max_ptr, part_sum_ptr, part_acc_ptr, out_ptr, num
     split_mask = offs_s < num_splits
     part = (seq * num_q_heads + head).to(tl.int64) * num_splits + offs_s
     m = tl.load(part_max_ptr + part, mask=split_mask, other=float("-inf"))
-    l = tl.load(part_sum_ptr + part, mask=split_mask, other=0.0)
+    sums = tl.load(part_sum_ptr + part, mask=split_mask, other=0.0)
     acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=split_mask[:, None], other=0.0)
     # Partition 0 is never empty (seq_len >= 1), so the max is finite and empty partitions weigh exp2(-inf) = 0.
     weight = tl.exp2(m - tl.max(m, 0))
-    out = tl.sum(acc * weight[:, None], 0) / tl.sum(l * weight, 0)
+    out = tl.sum(acc * weight[:, None], 0) / tl.sum(sums * weight, 0)
     tl.store(out_ptr + seq.to(tl.int64) * stride_ot + head * stride_oh + offs_d,
              out.to(out_ptr.dtype.element_ty))
 
