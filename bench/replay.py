@@ -4,9 +4,12 @@
     python -m bench.replay --url http://127.0.0.1:8000 --trace data/course/batch_arrivals.json \\
         --time-scale 0.5 --window 600            # twice as dense, a 10-minute window
     python -m bench.replay --url ... --trace ... --concurrency 64 --num-requests 500
+    python -m bench.replay --url https://WORKSPACE--APP-model-completions.modal.run   # a Modal deployment
 
 A trace is the course format: a list of batches with `arrival_time` (s), `prompts` and `max_length`.
-Each batch is one POST /v1/completions of {"prompt": [...], "max_tokens": max_length}. The report
+Each batch is one POST of {"prompt": [...], "max_tokens": max_length}, as the course's client sends
+it: to the URL as given, or to its root `/` if it has no path (`python -m api` and the Modal
+deployment both serve completions there; `--url http://HOST/v1/completions` posts there). The report
 counts requests answered within the window, latency percentiles per task (a request's latency counts
 for the task of each of its prompts, as the server labelled it) and errors.
 """
@@ -20,6 +23,7 @@ import random
 import time
 from collections import defaultdict
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -29,6 +33,11 @@ def load_trace(path: str | Path) -> list[dict]:
     if not isinstance(batches, list) or not all("prompts" in b and "arrival_time" in b for b in batches):
         raise ValueError(f"{path}: not a batch-arrival trace (a list of batches with arrival_time and prompts)")
     return sorted(batches, key=lambda b: b["arrival_time"])
+
+
+def completions_url(url: str) -> str:
+    """Where to POST: `url` itself if it names a path, else its root `/` (a course-style bare URL)."""
+    return url if urlsplit(url).path not in ("", "/") else url.rstrip("/") + "/"
 
 
 def auth_headers(api_key: str | None) -> dict:
@@ -66,7 +75,7 @@ async def replay(url: str, batches: list[dict], time_scale: float = 1.0, timeout
 
         async def fire(batch):
             await asyncio.sleep(max(0.0, start + batch["arrival_time"] * time_scale - time.monotonic()))
-            rec = await _post(client, url.rstrip("/") + "/v1/completions", batch["prompts"],
+            rec = await _post(client, completions_url(url), batch["prompts"],
                               max_tokens or batch.get("max_length", 2048), timeout, headers)
             rec["sent"] -= start
             return rec
@@ -90,7 +99,7 @@ async def fixed_concurrency(url: str, prompts: list[str], concurrency: int, num_
 
         async def worker():
             while not queue.empty():
-                rec = await _post(client, url.rstrip("/") + "/v1/completions", queue.get_nowait(), max_tokens,
+                rec = await _post(client, completions_url(url), queue.get_nowait(), max_tokens,
                                   timeout, headers)
                 rec["sent"] -= start
                 records.append(rec)
@@ -103,7 +112,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def summarize(records: list[dict], window: float) -> dict:
@@ -138,7 +147,8 @@ def print_report(summary: dict, window: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--url", default="http://127.0.0.1:8000",
+                    help="the server, or the full URL to POST to (a bare URL posts to '/')")
     ap.add_argument("--trace", default="data/course/batch_arrivals.json")
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiply arrival times (0.5 = twice as dense)")
     ap.add_argument("--window", type=float, default=1200.0, help="seconds within which a request counts as served")
@@ -146,7 +156,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, help="override each batch's max_length")
     ap.add_argument("--concurrency", type=int, help="instead of the schedule: this many clients back to back")
     ap.add_argument("--num-requests", type=int, default=500)
-    ap.add_argument("--api-key")
+    ap.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
     ap.add_argument("--output", help="write the records and summary as JSON here")
     args = ap.parse_args()
     batches = load_trace(args.trace)
