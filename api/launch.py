@@ -96,6 +96,9 @@ class Server(uvicorn.Server):
             await super().shutdown(sockets)
         finally:
             drain.cancel()
+            # Stop the engine threads before the interpreter exits: one killed mid-step can abort it.
+            for engine in {id(e): e for e in self.service.engines.values()}.values():
+                await engine.shutdown()
 
 
 def _raise_file_limit() -> None:

@@ -1,12 +1,13 @@
-"""The asyncio front of an engine: many concurrent `generate` streams, one loop stepping the model."""
+"""The asyncio front of an engine: many concurrent `generate` streams, one thread stepping the model."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable
 
 from models.sampler import SamplingParams
@@ -17,19 +18,19 @@ logger = logging.getLogger(__name__)
 
 
 class EngineDeadError(RuntimeError):
-    """The engine's stepping loop has stopped for good; no request can be served by it."""
+    """The engine's stepping thread has stopped for good; no request can be served by it."""
 
 
 class AsyncEngine:
-    """Owns an LLMEngine and one task that steps it while requests are in flight.
+    """Owns an LLMEngine and the thread that steps it while requests are in flight.
 
-    The forward runs on this engine's own worker thread, so the event loop keeps accepting and
-    streaming while the model computes, and two engines (a large and a small model) step at the
-    same time. Adds and aborts are queued and applied by the loop between steps: the engine's
-    state is only ever touched by one thread at a time.
+    The engine thread alone touches the LLMEngine: it applies the adds and aborts queued by the
+    event loop between steps, steps, and hands each step's outputs to the loop in one callback. It
+    never waits for the event loop, so the GPU is fed however busy the loop is with HTTP, and two
+    engines (a large and a small model) step at the same time.
 
-    Nothing a request carries can stop the loop: a request the engine refuses fails alone, and a
-    failed step fails the requests in it. Should the loop die anyway (a bug), every waiting caller
+    Nothing a request carries can stop the thread: a request the engine refuses fails alone, and a
+    failed step fails the requests in it. Should the thread die anyway (a bug), every waiting caller
     gets EngineDeadError at once and `on_death` callbacks run, so a server can exit and be restarted.
     """
 
@@ -37,11 +38,12 @@ class AsyncEngine:
         self.engine = engine
         self.name = name
         self.on_death: list[Callable[[BaseException], None]] = []
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"switchyard-{name}")
-        self._streams: dict[str, asyncio.Queue] = {}
-        self._pending: list[tuple] = []
-        self._wakeup: asyncio.Event | None = None
-        self._loop_task: asyncio.Task | None = None
+        self._inbox: collections.deque = collections.deque()  # ("add", ...) / ("abort", id), loop -> thread
+        self._work = threading.Event()
+        self._streams: dict[str, asyncio.Queue] = {}           # touched on the event loop only
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
         self._death: BaseException | None = None
 
     @classmethod
@@ -68,35 +70,46 @@ class AsyncEngine:
 
     @property
     def healthy(self) -> bool:
-        """False once the stepping loop has died."""
+        """False once the stepping thread has died."""
         return self._death is None
 
-    def _ensure_loop(self) -> None:
+    # ---- the event loop's side
+
+    def _ensure_thread(self) -> None:
         if self._death is not None:
             raise EngineDeadError(f"engine {self.name!r} has stopped: {self._death}")
-        if self._loop_task is None or self._loop_task.done():
-            self._wakeup = asyncio.Event()
-            self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}-loop")
+        self._loop = asyncio.get_running_loop()  # outputs go to the loop that last submitted
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name=f"switchyard-{self.name}", daemon=True)
+            self._thread.start()
+
+    def _send(self, item: tuple) -> None:
+        self._inbox.append(item)
+        self._work.set()
 
     async def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
-                     request_id: str | None = None, task: str = "general",
-                     priority: float = 0, stream: bool = True) -> AsyncIterator[RequestOutput]:
+                     request_id: str | None = None, **options) -> AsyncIterator[RequestOutput]:
         """Queue a request and return its stream of outputs (deltas) once the engine has accepted it.
 
+        `options` are LLMEngine.add_request's (task, priority, stream), with its defaults.
         Raises ValueError for a request the engine cannot serve, EngineDeadError if the engine has
         stopped. With stream=False the stream yields one output, the finished request. Closing the
         stream early (a client disconnect, a timeout) aborts the request and frees its KV blocks.
         """
-        self._ensure_loop()
+        self._ensure_thread()
         request_id = request_id or uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
-        accepted = asyncio.get_running_loop().create_future()
-        self._pending.append(("add", request_id, prompt, params, task, priority, stream, queue, accepted))
-        self._wakeup.set()
+        accepted = self._loop.create_future()
+        self._streams[request_id] = queue  # before the thread can produce its first output
+        self._send(("add", request_id, prompt, params, options, accepted))
         try:
             await accepted
         except asyncio.CancelledError:
             self.abort(request_id)
+            raise
+        except BaseException:
+            self._streams.pop(request_id, None)
             raise
         return self._stream(request_id, queue)
 
@@ -136,93 +149,94 @@ class AsyncEngine:
 
     def abort(self, request_id: str) -> None:
         """Cancel a request; its blocks are freed before the next step."""
-        if self._wakeup is not None and self._death is None:
-            self._pending.append(("abort", request_id))
-            self._wakeup.set()
+        self._streams.pop(request_id, None)
+        if self._thread is not None and self._death is None:
+            self._send(("abort", request_id))
 
-    def _apply_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        for item in pending:
-            if item[0] == "abort":
-                self._streams.pop(item[1], None)
-                self.engine.abort_request(item[1])
-                continue
-            _, request_id, prompt, params, task, priority, stream, queue, accepted = item
-            if accepted.done():  # the caller went away before we got to it
-                continue
-            try:
-                self.engine.add_request(request_id, prompt, params, task=task, priority=priority, stream=stream)
-            except Exception as e:  # whatever one request's data provokes is that request's failure alone
-                self.engine.abort_request(request_id)
-                accepted.set_exception(e)
-                continue
-            self._streams[request_id] = queue
-            accepted.set_result(None)
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            queue = self._streams.get(out.request_id)
+            if queue is not None:
+                queue.put_nowait(out)
+                if out.finished:
+                    del self._streams[out.request_id]
 
-    async def _run(self) -> None:
-        try:
-            await self._step_forever()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
-            logger.exception("engine %r: the stepping loop died", self.name)
-            self._die(e)
-
-    async def _step_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            self._apply_pending()
-            if not self.engine.has_unfinished_requests():
-                self._wakeup.clear()
-                if not self._pending:
-                    await self._wakeup.wait()
-                continue
-            try:
-                outputs = await loop.run_in_executor(self._executor, self.engine.step)
-            except Exception as e:  # a failed step fails the requests in flight, not the server
-                logger.exception("engine %r: a step failed", self.name)
-                self._fail_all(RuntimeError(f"engine step failed: {type(e).__name__}: {e}"))
-                continue
-            for out in outputs:
-                queue = self._streams.get(out.request_id)
-                if queue is not None:
-                    queue.put_nowait(out)
-                    if out.finished:
-                        del self._streams[out.request_id]
-
-    def _fail_all(self, error: BaseException) -> None:
-        """Fail every stream and every request not yet accepted with `error` at once. The engine
-        drops their sequences between steps (a step may be running on the worker thread now)."""
-        pending, self._pending = self._pending, []
-        for item in pending:
-            if item[0] == "add":
-                if not item[-1].done():
-                    item[-1].set_exception(error)
-            else:
-                self._pending.append(item)
-        for request_id, queue in self._streams.items():
-            queue.put_nowait(error)
-            self._pending.append(("abort", request_id))
-        self._streams.clear()
-        if self._wakeup is not None:
-            self._wakeup.set()
+    def _fail_streams(self, error: BaseException, request_ids=None) -> None:
+        """Fail the streams of `request_ids` (default: all) with `error`."""
+        for request_id in list(self._streams) if request_ids is None else request_ids:
+            queue = self._streams.pop(request_id, None)
+            if queue is not None:
+                queue.put_nowait(error)
 
     def _die(self, cause: BaseException) -> None:
         self._death = cause
-        self._fail_all(EngineDeadError(f"engine {self.name!r} has stopped: {type(cause).__name__}: {cause}"))
+        error = EngineDeadError(f"engine {self.name!r} has stopped: {type(cause).__name__}: {cause}")
+        while self._inbox:  # nobody will apply these any more
+            item = self._inbox.popleft()
+            if item[0] == "add" and not item[-1].done():
+                item[-1].set_exception(error)
+        self._fail_streams(error)
         for callback in self.on_death:
             callback(cause)
 
-    def abort_all(self, error: BaseException) -> None:
-        """Fail every request in flight with `error` (e.g. the server is shutting down)."""
-        if self._death is None:
-            self._fail_all(error)
-
     async def shutdown(self) -> None:
-        """Stop the loop and fail whatever is still in flight."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        self.abort_all(RuntimeError("engine shut down"))
-        self._executor.shutdown(wait=True)
+        """Stop the thread and fail whatever is still in flight."""
+        if self._thread is not None:
+            self._stopping = True
+            self._work.set()
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        self.engine.abort_all_requests()
+        self._inbox.clear()
+        self._fail_streams(RuntimeError("engine shut down"))
+
+    # ---- the engine thread's side
+
+    def _call_loop(self, callback, *args) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _apply_inbox(self) -> None:
+        while self._inbox:
+            item = self._inbox.popleft()
+            if item[0] == "abort":
+                self.engine.abort_request(item[1])
+                continue
+            _, request_id, prompt, params, options, accepted = item
+            try:
+                self.engine.add_request(request_id, prompt, params, **options)
+            except Exception as e:  # whatever one request's data provokes is that request's failure alone
+                self.engine.abort_request(request_id)
+                self._call_loop(_settle, accepted, e)
+                continue
+            self._call_loop(_settle, accepted, None)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._apply_inbox()
+                if not self.engine.has_unfinished_requests():
+                    self._work.wait()
+                    self._work.clear()
+                    continue
+                try:
+                    outputs = self.engine.step()
+                except Exception as e:  # a failed step fails the requests in flight, not the server
+                    logger.exception("engine %r: a step failed", self.name)
+                    failed = self.engine.abort_all_requests()
+                    error = RuntimeError(f"engine step failed: {type(e).__name__}: {e}")
+                    self._call_loop(self._fail_streams, error, failed)
+                    continue
+                if outputs:
+                    self._call_loop(self._deliver, outputs)
+        except BaseException as e:
+            logger.exception("engine %r: the stepping thread died", self.name)
+            self._call_loop(self._die, e)
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if not future.done():  # the caller may have gone away meanwhile
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

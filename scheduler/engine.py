@@ -202,6 +202,13 @@ class LLMEngine:
             self.scheduler.finish(seq, "abort")
         return self._output(state, range(len(state.seqs)))
 
+    def abort_all_requests(self) -> list[str]:
+        """Cancel every request (e.g. after a failed step); returns their ids."""
+        request_ids = list(self._requests)
+        for request_id in request_ids:
+            self.abort_request(request_id)
+        return request_ids
+
     def has_unfinished_requests(self) -> bool:
         """Whether `step` has anything left to do."""
         return bool(self._requests) or self._in_flight is not None

@@ -88,15 +88,17 @@ def _assert_refused(r: httpx.Response, elapsed: float, fragment: str = "") -> No
 
 
 def _mmlu_prompt_of(tokens: int, tokenizer) -> str:
-    """An MMLU-format prompt whose chat-templated form has about `tokens` tokens."""
+    """An MMLU-format prompt whose chat-templated form has exactly `tokens` tokens."""
     question = "Which organ secretes insulin in a patient with a long history of"
     while True:
         prompt = mmlu_prompt("college_medicine", question, ["Liver", "Pancreas", "Kidney", "Spleen"])
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
-        if len(tokenizer(text).input_ids) >= tokens:
+        length = len(tokenizer(text).input_ids)
+        if length == tokens:
             return prompt
-        question += " disease"
+        assert length < tokens, f"no MMLU prompt of exactly {tokens} tokens"
+        question += " a"
 
 
 def _hostile_cases(tokenizer):
@@ -159,7 +161,7 @@ def _hostile_cases(tokenizer):
         ("body number", b"12", None, "JSON object"),
         ("invalid UTF-8", b'{"prompt": "\xff"}', None, "UTF-8"),
         ("truncated JSON", b'{"prompt": "x"', None, "not valid JSON"),
-        ("MMLU prompt that fills the context", {"prompt": _mmlu_prompt_of(CONTEXT + 20, tokenizer)}, None,
+        ("MMLU prompt that fills the context", {"prompt": _mmlu_prompt_of(CONTEXT, tokenizer)}, None,
          "context limit"),
     ]
 
@@ -213,14 +215,14 @@ def test_generated_hostile_bodies_are_refused(server, fields, bad):
 
 
 def test_mmlu_enforcement_never_exceeds_the_context(server):
-    """A prompt that leaves room for the answer but not for the enforced letter's cue: the answer
-    comes back unenforced, not as a 500."""
+    """A prompt that leaves room for a one-token answer but not for the cue of the enforced letter:
+    the answer comes back unenforced, not as a 500."""
     tokenizer = server.service.engines["large"].tokenizer
-    prompt = _mmlu_prompt_of(CONTEXT - 12, tokenizer)
-    r, _ = _post(server, {"prompt": prompt, "max_tokens": 8, "ignore_eos": True})
+    prompt = _mmlu_prompt_of(CONTEXT - 1, tokenizer)
+    r, _ = _post(server, {"prompt": prompt, "max_tokens": 1, "ignore_eos": True})
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
-    assert choice["task"] == "mmlu_med" and choice["completion_tokens"] == 8  # no letter was generated
+    assert choice["task"] == "mmlu_med" and choice["completion_tokens"] == 1  # no letter was generated
     assert server.settled()
 
 
