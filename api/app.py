@@ -27,7 +27,7 @@ class _StreamResponse(StreamingResponse):
     even if the client is gone before the first event is sent."""
 
     def __init__(self, job: StreamJob):
-        super().__init__(job.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        super().__init__(job.events_sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         self.job = job
 
     async def __call__(self, scope, receive, send) -> None:
@@ -87,6 +87,12 @@ async def _read_body(request: Request, max_bytes: int, timeout: float, service: 
     return bytes(body)
 
 
+async def _disconnect(request: Request) -> None:
+    """Returns when the client goes away (its body is read: the next message can only be that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def build_app(service: CompletionService, *, api_key: str | None = None, public_paths: tuple[str, ...] = ("/health",),
               max_body_bytes: int = 4 << 20, body_timeout: float = 30.0) -> Starlette:
     """The HTTP app over a CompletionService."""
@@ -98,7 +104,7 @@ def build_app(service: CompletionService, *, api_key: str | None = None, public_
                 if req.stream:
                     response = _StreamResponse(await service.start_stream(req))
                 else:
-                    response = JSONResponse(await service.complete(req, request.is_disconnected))
+                    response = JSONResponse(await service.complete(req, lambda: _disconnect(request)))
             except APIError as e:
                 response = e.response()
             except Exception as e:  # a bug: this request gets a 500 with what went wrong, the server goes on

@@ -23,7 +23,8 @@ from scheduler.async_engine import AsyncEngine, EngineDeadError
 
 logger = logging.getLogger(__name__)
 
-_POLL_S = 0.25  # how often a waiting request checks for a disconnect, its deadline or a shutdown
+# Stream sentinels: the request's deadline passed, or the server is ending it.
+_TIMED_OUT, _ABORTED = object(), object()
 
 
 def as_api_error(error: BaseException) -> APIError:
@@ -49,6 +50,8 @@ class CompletionService:
         self.in_flight = 0           # admission slots held: prompts x n (x best-of) admitted and not finished
         self.closing: APIError | None = None   # set when the server stops taking requests
         self.aborting: APIError | None = None  # set when requests in flight must end now
+        self._abort = asyncio.Event()          # set with `aborting`: whole responses wait on it
+        self._streams: set[StreamJob] = set()  # streams being sent: told directly when aborting
         metrics.watch(lambda: (self.engines, self.in_flight, self.max_queued_prompts))
 
     @property
@@ -111,15 +114,17 @@ class CompletionService:
 
     # ---- whole responses
 
-    async def complete(self, req: GenerationRequest, is_disconnected: Callable[[], Awaitable[bool]]) -> dict:
-        """Serve a non-streaming request; returns the response body."""
+    async def complete(self, req: GenerationRequest,
+                       disconnected: Callable[[], Awaitable[None]] | None = None) -> dict:
+        """Serve a non-streaming request; returns the response body. `disconnected()` returns when
+        the client goes away (the request is then aborted with 499)."""
         start = time.monotonic()
         plans = await self.planner.plan(req)
         count = self._admit(plans)
         request_id = uuid.uuid4().hex
         try:
             work = asyncio.ensure_future(self._run_whole(req, plans, request_id))
-            chosen = await self._await(work, is_disconnected, start + self.request_timeout)
+            chosen = await self._await(work, disconnected, start + self.request_timeout)
         finally:
             self.in_flight -= count
         choices = [c for plan_choices in chosen for c in plan_choices]
@@ -138,24 +143,30 @@ class CompletionService:
 
         return await asyncio.gather(*(serve(s, p) for s, p in zip(streams, plans)))
 
-    async def _await(self, work: asyncio.Future, is_disconnected, deadline: float):
+    async def _await(self, work: asyncio.Future, disconnected: Callable[[], Awaitable[None]] | None,
+                     deadline: float):
         """Wait for the engines, but give up (aborting every prompt) on a disconnect, the deadline or
-        a shutdown."""
+        a shutdown: whichever comes first wakes this, nothing polls."""
+        aborted = asyncio.ensure_future(self._abort.wait())
+        left = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
-            while True:
-                done, _ = await asyncio.wait({work}, timeout=_POLL_S)
-                if done:
-                    try:
-                        return work.result()
-                    except Exception as e:
-                        raise as_api_error(e) from e
-                if self.aborting is not None:
-                    raise self.aborting
-                if await is_disconnected():
-                    raise APIError(499, "client disconnected")
-                if time.monotonic() > deadline:
-                    raise APIError(504, f"the request timed out after {self.request_timeout:g} s", code="timeout")
+            waiting = {work, aborted} | ({left} if left is not None else set())
+            done, _ = await asyncio.wait(waiting, timeout=max(deadline - time.monotonic(), 0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                try:
+                    return work.result()
+                except Exception as e:
+                    raise as_api_error(e) from e
+            if aborted in done:
+                raise self.aborting
+            if left is not None and left in done:
+                raise APIError(499, "client disconnected")
+            raise APIError(504, f"the request timed out after {self.request_timeout:g} s", code="timeout")
         finally:
+            for waiter in (aborted, left):
+                if waiter is not None:
+                    waiter.cancel()
             if not work.done():  # cancelling closes the engine streams, which aborts their requests
                 work.cancel()
             await asyncio.gather(work, return_exceptions=True)
@@ -186,6 +197,9 @@ class CompletionService:
         if self.in_flight:
             logger.warning("aborting %d completions still in flight after %g s", self.in_flight, grace)
         self.aborting = unavailable(f"the server shut down before this request finished (grace {grace:g} s)")
+        self._abort.set()
+        for job in list(self._streams):
+            job.events.put_nowait(_ABORTED)
 
 
 class StreamJob:
@@ -197,21 +211,26 @@ class StreamJob:
         self.service, self.req, self.plans, self.streams = service, req, plans, streams
         self.request_id, self.count = request_id, count
         self.writer = service._writer(req, plans, request_id)
-        self.start = time.monotonic()
+        # Chunks (already framed as SSE events), None once every prompt has finished, or a sentinel.
+        self.events: asyncio.Queue = asyncio.Queue()
+        self._deadline = asyncio.get_running_loop().call_later(service.request_timeout, self.events.put_nowait,
+                                                               _TIMED_OUT)
         self._worker: asyncio.Task | None = None
         self._closed = False
+        service._streams.add(self)
 
-    async def events(self) -> AsyncIterator[str]:
-        req, service = self.req, self.service
+    async def events_sse(self) -> AsyncIterator[str]:
+        """The response body: one SSE event per step that produced tokens for a choice (several that
+        are ready go out in one write), an error event if the request ends early, then [DONE]."""
+        req, service, events = self.req, self.service, self.events
         candidates = ChoiceState.for_plans(self.plans, req.n)  # streaming has no best-of: one per choice
         choices = [c for plan_choices in candidates for c in plan_choices]
-        events: asyncio.Queue = asyncio.Queue()
 
         def sink(choice, text, finish_reason, produced):
             # One chunk per step that produced tokens, even when their text is held back (a partial
             # character, a possible stop string or think tag), so a client can time every token.
             if text or produced or finish_reason is not None:
-                events.put_nowait(self.writer.chunk_choice(choice, text, finish_reason))
+                events.put_nowait(self.writer.chunk_event(choice, text, finish_reason))
 
         async def pump_all():
             try:
@@ -221,33 +240,24 @@ class StreamJob:
                 events.put_nowait(None)
 
         self._worker = asyncio.get_running_loop().create_task(pump_all())
-        deadline = self.start + service.request_timeout
         error = None
         try:
             if req.chat:
                 yield self.writer.role_chunk(choices)
             while True:
-                if service.aborting is not None:
-                    error = service.aborting
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    error = APIError(504, f"the request timed out after {service.request_timeout:g} s",
-                                     code="timeout")
-                    break
-                try:
-                    item = await asyncio.wait_for(events.get(), timeout=min(remaining, _POLL_S))
-                except asyncio.TimeoutError:
-                    continue
-                if item is None:
-                    break
-                # Whatever else is ready goes out in the same write.
-                batch = [item]
-                while not events.empty() and batch[-1] is not None:
-                    batch.append(events.get_nowait())
-                done = batch[-1] is None
-                yield "".join(self.writer.chunk([c]) for c in batch if c is not None)
-                if done:
+                ready = [await events.get()]
+                while not events.empty():
+                    ready.append(events.get_nowait())
+                ended = next((i for i, item in enumerate(ready) if not isinstance(item, str)), None)
+                text = "".join(ready[:ended])
+                if text:
+                    yield text
+                if ended is not None:
+                    if ready[ended] is _ABORTED:
+                        error = service.aborting
+                    elif ready[ended] is _TIMED_OUT:
+                        error = APIError(504, f"the request timed out after {service.request_timeout:g} s",
+                                         code="timeout")
                     break
             if error is None and self._worker.done() and self._worker.exception() is not None:
                 error = as_api_error(self._worker.exception())
@@ -264,6 +274,8 @@ class StreamJob:
         if self._closed:
             return
         self._closed = True
+        self._deadline.cancel()
+        self.service._streams.discard(self)
         self.service.in_flight -= self.count
         if self._worker is not None and not self._worker.done():  # the client went away: abort every prompt
             self._worker.cancel()

@@ -40,6 +40,11 @@ class ResponseWriter:
         self.id = response_id(req, request_id)
         self.served_name = served_name
         self.created = int(time.time())
+        # Every chunk of this response shares its head: framed once, so a token's event costs one
+        # json.dumps of its text rather than of a nested body.
+        head = json.dumps({"id": self.id, "object": "chat.completion.chunk" if req.chat else "text_completion",
+                           "created": self.created, "model": served_name}, ensure_ascii=False)
+        self._head = f"data: {head[:-1]}, \"choices\": ["
 
     def _routing(self, plan: PromptPlan) -> dict:
         return {"task": plan.task, "model": self.names[plan.role]}
@@ -82,6 +87,18 @@ class ResponseWriter:
         """A chat stream opens by naming the assistant role, as OpenAI's does."""
         return self.chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                             "finish_reason": None} for c in choices])
+
+    def chunk_event(self, c: ChoiceState, text: str, finish_reason: str | None) -> str:
+        """The SSE event of one choice's new text; the last one also names its finish reason and routing."""
+        if finish_reason is not None:
+            return self.chunk([self.chunk_choice(c, text, finish_reason)])
+        if self.req.chat:
+            delta = f'{{"content": {json.dumps(text, ensure_ascii=False)}}}' if text else "{}"
+            choice = f'{{"index": {c.index}, "finish_reason": null, "logprobs": null, "delta": {delta}}}'
+        else:
+            choice = (f'{{"index": {c.index}, "finish_reason": null, "logprobs": null, '
+                      f'"text": {json.dumps(text, ensure_ascii=False)}}}')
+        return f"{self._head}{choice}]}}\n\n"
 
     def chunk_choice(self, c: ChoiceState, text: str, finish_reason: str | None) -> dict:
         body = {"index": c.index, "finish_reason": finish_reason, "logprobs": None}

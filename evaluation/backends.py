@@ -30,10 +30,7 @@ class InProcessBackend:
         threading.Thread(target=self._loop.run_forever, daemon=True).start()
 
     def _run(self, request) -> dict:
-        async def never_disconnected():
-            return False
-        return asyncio.run_coroutine_threadsafe(self.service.complete(request, never_disconnected),
-                                                self._loop).result()
+        return asyncio.run_coroutine_threadsafe(self.service.complete(request), self._loop).result()
 
     def complete(self, body: dict) -> dict:
         """The response body for a /v1/completions request body."""

@@ -27,10 +27,8 @@ def test_mmlu_enforcement_yields_a_parseable_answer(tiny_model_dir):
     prompts = [item.prompt for item in load_items("mmlu_med", 2)]
 
     async def run():
-        async def never():
-            return False
         try:
-            return await service.complete(parse_completion({"prompt": prompts, "max_tokens": 8}), never)
+            return await service.complete(parse_completion({"prompt": prompts, "max_tokens": 8}))
         finally:
             await service.engines["large"].shutdown()
 
