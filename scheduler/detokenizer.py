@@ -9,6 +9,16 @@ from models.sampler import SamplingParams
 _CONTEXT_TOKENS = 5
 
 
+def decode_output(tokenizer, prompt_ids: list[int], output_ids: list[int], params: SamplingParams) -> str:
+    """The text of a finished output in one decode: what IncrementalDetokenizer would have emitted
+    token by token (same context window, no incomplete character at the end), for outputs nobody
+    streams and no stop string has to be watched for."""
+    context = list(prompt_ids[-_CONTEXT_TOKENS:])
+    skip = params.skip_special_tokens
+    prefix = tokenizer.decode(context, skip_special_tokens=skip)
+    return tokenizer.decode(context + output_ids, skip_special_tokens=skip)[len(prefix):].rstrip("\ufffd")
+
+
 class IncrementalDetokenizer:
     """Turns each new token into new text, finds stop strings, and holds back text that might be
     the start of one, so streamed text never has to be taken back.

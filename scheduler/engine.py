@@ -18,7 +18,7 @@ from models.loader import load_model
 from models.runner import ModelRunner, StepResult
 from models.sampler import SamplingParams
 from models.stop_rule import StopRule
-from scheduler.detokenizer import IncrementalDetokenizer
+from scheduler.detokenizer import IncrementalDetokenizer, decode_output
 from scheduler.outputs import CompletionOutput, EngineStats, RequestOutput
 from scheduler.scheduler import Scheduler, SchedulerConfig
 from scheduler.sequence import PLACEHOLDER_TOKEN, Sequence
@@ -186,7 +186,10 @@ class LLMEngine:
                      priority=priority, sample_index=i, seed=None if params.seed is None else params.seed + i)
             for i in range(params.n)
         ]
-        detoks = [IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if self.tokenizer else None
+        # Text is made token by token only where someone reads it as it grows (a stream) or a stop
+        # string must be caught; otherwise the finished output is decoded once (see _output).
+        incremental = self.tokenizer is not None and (stream or bool(params.stop))
+        detoks = [IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if incremental else None
                   for _ in seqs]
         self._requests[request_id] = _RequestState(
             request_id, prompt if isinstance(prompt, str) else None, prompt_ids, seqs, detoks,
@@ -324,7 +327,15 @@ class LLMEngine:
         for i in indices:
             seq = state.seqs[i]
             detok = state.detoks[i]
-            text = detok.take(seq.is_finished) if detok is not None else ""
+            if detok is not None:
+                text = detok.take(seq.is_finished)
+            elif self.tokenizer is not None and seq.is_finished:
+                output = seq.token_ids[seq.num_prompt_tokens:]
+                if seq.finish_reason == "stop":  # ended on EOS or a stop token, which is not text
+                    output = output[:-1]
+                text = decode_output(self.tokenizer, state.prompt_ids, output, seq.params)
+            else:
+                text = ""
             lps = None
             if seq.params.logprobs is not None:
                 lps = seq.output_logprobs[state.logprobs_sent[i]:]

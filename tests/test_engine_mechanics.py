@@ -92,3 +92,28 @@ def test_cancel_while_a_step_is_in_flight(tiny_model_dir, sync_outputs):
         tail = merge_outputs(outs).outputs[0].token_ids
         assert sync_outputs[int(rid[1:])].token_ids[-len(tail):] == tail
     assert_pool_clean(engine)
+
+
+def test_unstreamed_text_decoded_once_equals_streamed_text(tiny_model_dir):
+    """Outputs nobody streams are decoded once when they finish: the text equals what the incremental
+    detokenizer makes for a stream, whether the output runs to its length, ends on EOS or a stop
+    token (which is not text), or is cut by a stop string (which needs the incremental path)."""
+    engine = _engine(tiny_model_dir)
+    cases = [SamplingParams(temperature=1.0, seed=s, max_tokens=MAX_NEW, ignore_eos=True) for s in range(4)]
+    streamed_greedy = run_prompts(engine, PROMPTS, GREEDY)
+    stop_token = streamed_greedy[0].token_ids[5]
+    cases += [dataclasses.replace(GREEDY, stop_token_ids=[stop_token]), dataclasses.replace(GREEDY, ignore_eos=False),
+              dataclasses.replace(GREEDY, stop=[streamed_greedy[1].text[3:6] or "x"])]
+    for params in cases:
+        streamed = run_prompts(engine, PROMPTS, params)
+        for i, prompt in enumerate(PROMPTS):
+            engine.add_request("whole", prompt, params, stream=False)
+            outs = []
+            while engine.has_unfinished_requests():
+                outs += engine.step()
+            (whole,) = outs
+            assert whole.finished and whole.outputs[0].token_ids == streamed[i].token_ids
+            assert (whole.outputs[0].text, whole.outputs[0].finish_reason) == (streamed[i].text,
+                                                                                streamed[i].finish_reason)
+    assert any(o.finish_reason == "stop" for o in run_prompts(engine, PROMPTS, cases[4]))
+    assert_pool_clean(engine)
