@@ -1,4 +1,5 @@
-"""uvicorn's h11 protocol with a deadline for the request head.
+"""uvicorn's HTTP protocol (httptools' C parser where installed, else h11) with a deadline for the
+request head.
 
 uvicorn closes a connection that idles between requests (`timeout_keep_alive`) but waits forever
 for the head of a request, so a client that connects and sends nothing, or trickles its headers,
@@ -10,16 +11,28 @@ response) is closed.
 from __future__ import annotations
 
 import asyncio
-
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+import importlib.util
 
 
-def protocol_with_header_timeout(header_timeout: float) -> type[H11Protocol]:
-    """An H11Protocol subclass closing connections that are too slow to send a request head."""
+def _base_protocol() -> type:
+    # httptools parses in C and frames each streamed chunk with one write; h11 does both in Python,
+    # which a stream pays for at every token.
+    if importlib.util.find_spec("httptools") is not None:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        return HttpToolsProtocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    return H11Protocol
 
-    class HeaderTimeoutProtocol(H11Protocol):
+
+def protocol_with_header_timeout(header_timeout: float) -> type:
+    """A uvicorn HTTP protocol class closing connections that are too slow to send a request head."""
+
+    class HeaderTimeoutProtocol(_base_protocol()):
         _head_timer: asyncio.TimerHandle | None = None
+
+        def _waiting_for_head(self) -> bool:
+            # A request's cycle exists from its complete head until its response is sent.
+            return self.cycle is None or self.cycle.response_complete
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -27,11 +40,10 @@ def protocol_with_header_timeout(header_timeout: float) -> type[H11Protocol]:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is h11.IDLE:  # still reading a head
-                if self._head_timer is None:
-                    self._arm()
-            else:
+            if not self._waiting_for_head():
                 self._disarm()
+            elif self._head_timer is None and not self.transport.is_closing():
+                self._arm()  # the first bytes of a new head on a kept-alive connection
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -51,8 +63,7 @@ def protocol_with_header_timeout(header_timeout: float) -> type[H11Protocol]:
 
         def _expire(self) -> None:
             self._head_timer = None
-            waiting_for_head = self.cycle is None or self.cycle.response_complete
-            if self.conn.their_state is h11.IDLE and waiting_for_head:
+            if self._waiting_for_head():
                 self.transport.close()
 
     return HeaderTimeoutProtocol

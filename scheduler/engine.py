@@ -286,9 +286,12 @@ class LLMEngine:
         outputs = []
         for rid, indices in touched.items():
             state = self._requests[rid]
-            if state.stream:
-                outputs.append(self._output(state, indices))
-            elif all(s.is_finished for s in state.seqs):
+            if not state.stream and not all(s.is_finished for s in state.seqs):
+                continue
+            try:
+                outputs.append(self._output(state, indices if state.stream else range(len(state.seqs))))
+            except Exception as e:  # e.g. decoding its finished text: this request fails alone
+                self._fail(state, state.seqs[0], e)
                 outputs.append(self._output(state, range(len(state.seqs))))
         return outputs
 
@@ -329,7 +332,7 @@ class LLMEngine:
             detok = state.detoks[i]
             if detok is not None:
                 text = detok.take(seq.is_finished)
-            elif self.tokenizer is not None and seq.is_finished:
+            elif self.tokenizer is not None and seq.is_finished and state.error is None:
                 output = seq.token_ids[seq.num_prompt_tokens:]
                 if seq.finish_reason == "stop":  # ended on EOS or a stop token, which is not text
                     output = output[:-1]

@@ -316,21 +316,34 @@ def test_stream_disconnect_mid_generation_aborts(strict_server):
     assert strict_server.settled(timeout=2)
 
 
-def test_a_failing_request_fails_alone_over_http(server, monkeypatch):
-    """A request whose own data breaks the engine (here: its detokenizer) gets a 500; the innocents
-    running beside it are unchanged and nothing leaks."""
-    from scheduler.detokenizer import IncrementalDetokenizer
-    working = IncrementalDetokenizer.add
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failing_request_fails_alone_over_http(server, monkeypatch, stream):
+    """A request whose own data breaks the engine (here: the text of its tokens) gets a 500, or an
+    error event when streamed; the innocents running beside it are unchanged and nothing leaks."""
+    from scheduler import detokenizer, engine
+    incremental, whole = detokenizer.IncrementalDetokenizer.add, detokenizer.decode_output
 
     def add(self, token_id):
         if self.params.seed == 666:
             raise RuntimeError("injected detokenizer fault")
-        return working(self, token_id)
+        return incremental(self, token_id)
 
-    monkeypatch.setattr(IncrementalDetokenizer, "add", add)
+    def decode_output(tokenizer, prompt_ids, output_ids, params):
+        if params.seed == 666:
+            raise RuntimeError("injected detokenizer fault")
+        return whole(tokenizer, prompt_ids, output_ids, params)
+
+    monkeypatch.setattr(detokenizer.IncrementalDetokenizer, "add", add)
+    monkeypatch.setattr(engine, "decode_output", decode_output)
+    body = {"prompt": "doomed", "max_tokens": 8, "seed": 666, "temperature": 0, "stream": stream}
     with Innocents(server) as innocents:
         innocents.wait_running()
-        r, _ = _post(server, {"prompt": "doomed", "max_tokens": 8, "seed": 666, "temperature": 0})
-        assert r.status_code == 500 and "injected detokenizer fault" in r.json()["error"]["message"]
+        r, _ = _post(server, body)
+        if stream:
+            events = [line for line in r.text.splitlines() if line]
+            assert r.status_code == 200 and events[-1] == "data: [DONE]"
+            assert "injected detokenizer fault" in json.loads(events[-2][6:])["error"]["message"]
+        else:
+            assert r.status_code == 500 and "injected detokenizer fault" in r.json()["error"]["message"]
     assert all(ok for _, ok in innocents.results) and httpx.get(server.url + "/health").status_code == 200
     assert server.settled()
