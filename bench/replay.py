@@ -28,8 +28,15 @@ from urllib.parse import urlsplit
 import httpx
 
 
+COURSE_TRACE = Path(__file__).resolve().parent.parent / "data" / "course" / "batch_arrivals.json"
+
+
 def load_trace(path: str | Path) -> list[dict]:
-    batches = json.loads(Path(path).read_text())
+    """The batches of a course-format trace, by arrival; ValueError naming the file if it is not one."""
+    try:
+        batches = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the trace ({e})") from e
     if not isinstance(batches, list) or not all("prompts" in b and "arrival_time" in b for b in batches):
         raise ValueError(f"{path}: not a batch-arrival trace (a list of batches with arrival_time and prompts)")
     return sorted(batches, key=lambda b: b["arrival_time"])
@@ -149,7 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000",
                     help="the server, or the full URL to POST to (a bare URL posts to '/')")
-    ap.add_argument("--trace", default="data/course/batch_arrivals.json")
+    ap.add_argument("--trace", default=str(COURSE_TRACE), help="a course-format batch-arrival trace")
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiply arrival times (0.5 = twice as dense)")
     ap.add_argument("--window", type=float, default=1200.0, help="seconds within which a request counts as served")
     ap.add_argument("--timeout", type=float, default=600.0, help="client timeout per request, as the course's")
@@ -159,7 +166,10 @@ def main() -> None:
     ap.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
     ap.add_argument("--output", help="write the records and summary as JSON here")
     args = ap.parse_args()
-    batches = load_trace(args.trace)
+    try:
+        batches = load_trace(args.trace)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     if args.concurrency:
         prompts = [p for b in batches for p in b["prompts"]]
         records = asyncio.run(fixed_concurrency(args.url, prompts, args.concurrency, args.num_requests,

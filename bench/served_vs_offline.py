@@ -44,10 +44,9 @@ import httpx
 import torch
 
 from bench.offline_throughput import make_requests, run_switchyard
-from bench.replay import load_trace
+from bench.replay import COURSE_TRACE, load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
-COURSE_TRACE = ROOT / "data" / "course" / "batch_arrivals.json"
 WORKLOADS = ("course", "nanovllm")
 MODES = ("in-process", "HTTP unstreamed", "HTTP streamed")
 WARM_UP_PROMPTS, WARM_UP_TOKENS = 4, 8
