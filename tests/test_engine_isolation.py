@@ -37,16 +37,16 @@ def _inject(monkeypatch, where: str, victim: SamplingParams) -> None:
 
         monkeypatch.setattr(Sampler, "_constrain", constrain)
     else:
-        real_add, calls = IncrementalDetokenizer.add, collections.Counter()
+        real_accept, calls = IncrementalDetokenizer.accept, collections.Counter()
 
-        def add(self, token_id):
+        def accept(self, prefix, full):
             if self.params is victim:
                 calls[id(self)] += 1
                 if calls[id(self)] == FAIL_AT:
                     raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected detokenizer fault")
-            return real_add(self, token_id)
+            return real_accept(self, prefix, full)
 
-        monkeypatch.setattr(IncrementalDetokenizer, "add", add)
+        monkeypatch.setattr(IncrementalDetokenizer, "accept", accept)
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["sync", "async"])
