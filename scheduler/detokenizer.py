@@ -19,25 +19,6 @@ def decode_output(tokenizer, prompt_ids: list[int], output_ids: list[int], param
     return tokenizer.decode(context + output_ids, skip_special_tokens=skip)[len(prefix):].rstrip("\ufffd")
 
 
-def decode_windows(tokenizer, windows: list[tuple[list[int], list[int]]], skip_special_tokens: list[bool]
-                   ) -> list[tuple[str, str]]:
-    """The texts of many sequences' `window`s, in one call to a Rust tokenizer's batch decode where
-    that is what `tokenizer.decode` does (no clean-up pass): it runs outside the GIL, so a step's
-    detokenizing leaves the event loop free. Otherwise one decode per window."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    texts: list[str | None] = [None] * (2 * len(windows))
-    for skip in set(skip_special_tokens):
-        rows = [i for i, s in enumerate(skip_special_tokens) if s == skip]
-        ids = [w for i in rows for w in windows[i]]
-        if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
-            decoded = backend.decode_batch(ids, skip_special_tokens=skip)
-        else:
-            decoded = [tokenizer.decode(w, skip_special_tokens=skip) for w in ids]
-        for j, i in enumerate(rows):
-            texts[2 * i], texts[2 * i + 1] = decoded[2 * j], decoded[2 * j + 1]
-    return list(zip(texts[::2], texts[1::2]))
-
-
 class IncrementalDetokenizer:
     """Turns each new token into new text, finds stop strings, and holds back text that might be
     the start of one, so streamed text never has to be taken back.
@@ -56,22 +37,14 @@ class IncrementalDetokenizer:
         self.emitted = 0
         self.holdback = max((len(s) for s in params.stop), default=1) - 1
 
-    def decode(self, ids) -> str:
+    def _decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.params.skip_special_tokens)
 
     def add(self, token_id: int) -> bool:
         """Append one token's text. Returns True if a stop string now ends the output."""
-        prefix_ids, full_ids = self.window(token_id)
-        return self.accept(self.decode(prefix_ids), self.decode(full_ids))
-
-    def window(self, token_id: int) -> tuple[list[int], list[int]]:
-        """Append a token; returns the two id windows whose texts `accept` takes (the first half of
-        `add`, so that many sequences' windows can be decoded in one call: `decode_windows`)."""
         self.ids.append(token_id)
-        return self.ids[self.prefix_offset:self.read_offset], self.ids[self.prefix_offset:]
-
-    def accept(self, prefix: str, full: str) -> bool:
-        """The second half of `add`, given the texts of `window`'s two windows."""
+        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset:])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             before = len(self.text)
             self.text += full[len(prefix):]

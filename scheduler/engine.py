@@ -18,7 +18,7 @@ from models.loader import load_model
 from models.runner import ModelRunner, StepResult
 from models.sampler import SamplingParams
 from models.stop_rule import StopRule
-from scheduler.detokenizer import IncrementalDetokenizer, decode_output, decode_windows
+from scheduler.detokenizer import IncrementalDetokenizer, decode_output
 from scheduler.outputs import CompletionOutput, EngineStats, RequestOutput
 from scheduler.scheduler import Scheduler, SchedulerConfig
 from scheduler.sequence import PLACEHOLDER_TOKEN, Sequence
@@ -271,7 +271,6 @@ class LLMEngine:
         tokens = out.token_ids.tolist()
         now = time.monotonic()
         touched: dict[str, list[int]] = {}
-        texts = []  # (state, seq, token) whose text grows token by token
         for row, (seq, token) in enumerate(zip(result.sampled_seqs, tokens)):
             state = self._requests.get(seq.request_id)
             if seq.is_finished or state is None:  # aborted, or ended by an earlier token, meanwhile
@@ -282,12 +281,8 @@ class LLMEngine:
                 self._fail(state, seq, e)
                 touched[seq.request_id] = list(range(len(state.seqs)))
                 continue
-            # EOS or a stop token ends the output without being part of its text.
-            if state.detoks[seq.sample_index] is not None and seq.finish_reason != "stop":
-                texts.append((state, seq, token))
             state.first_token_time = state.first_token_time or now
             touched.setdefault(seq.request_id, []).append(seq.sample_index)
-        self._add_texts(texts, touched)
         outputs = []
         for rid, indices in touched.items():
             state = self._requests[rid]
@@ -301,8 +296,7 @@ class LLMEngine:
         return outputs
 
     def _take_token(self, state: _RequestState, seq: Sequence, token: int, out, row: int) -> None:
-        """Record one sampled token (row `row` of the step's output): its logprobs, and whether a
-        token-level rule (EOS, stop token, length) ends the sequence. Its text: `_add_texts`."""
+        """Record one sampled token (row `row` of the step's output): logprobs, stop rules, text."""
         if seq.params.logprobs is not None:
             top = []
             if seq.params.logprobs:
@@ -310,31 +304,12 @@ class LLMEngine:
                 top = list(zip(ids, out.top_logprobs[row, :seq.params.logprobs].tolist()))
             seq.output_logprobs.append((float(out.logprobs[row]), top))
         self.scheduler.record_token(seq, token)
-
-    def _add_texts(self, texts: list[tuple[_RequestState, Sequence, int]], touched: dict[str, list[int]]) -> None:
-        """Grow the text of each (state, seq, token), all windows decoded in one batched call, and end
-        the sequences a stop string now ends. One that fails to decode fails its request alone."""
-        if not texts:
-            return
-        detoks = [state.detoks[seq.sample_index] for state, seq, _ in texts]
-        windows = [detok.window(token) for detok, (_, _, token) in zip(detoks, texts)]
-        try:
-            decoded = decode_windows(self.tokenizer, windows, [d.params.skip_special_tokens for d in detoks])
-        except Exception:  # find whose window it was below, one decode at a time
-            decoded = None
-        for i, ((state, seq, _), detok) in enumerate(zip(texts, detoks)):
-            if state.error is not None:  # a sibling sample failed just now: the request is over
-                continue
-            try:
-                prefix, full = decoded[i] if decoded is not None else map(detok.decode, windows[i])
-                stopped = detok.accept(prefix, full)
-            except Exception as e:
-                self._fail(state, seq, e)
-                touched[seq.request_id] = list(range(len(state.seqs)))
-                continue
-            if stopped and seq.is_finished:  # ended by its length on the very token a stop string ends
+        detok = state.detoks[seq.sample_index]
+        ended_on_token = seq.finish_reason == "stop"  # EOS or a stop token: not part of the text
+        if detok is not None and not ended_on_token and detok.add(token):
+            if seq.is_finished:
                 seq.finish_reason = "stop"
-            elif stopped:
+            else:
                 self.scheduler.finish(seq, "stop")
 
     def _fail(self, state: _RequestState, seq: Sequence, cause: BaseException) -> None:

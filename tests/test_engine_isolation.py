@@ -37,16 +37,16 @@ def _inject(monkeypatch, where: str, victim: SamplingParams) -> None:
 
         monkeypatch.setattr(Sampler, "_constrain", constrain)
     else:
-        real_accept, calls = IncrementalDetokenizer.accept, collections.Counter()
+        real_add, calls = IncrementalDetokenizer.add, collections.Counter()
 
-        def accept(self, prefix, full):
+        def add(self, token_id):
             if self.params is victim:
                 calls[id(self)] += 1
                 if calls[id(self)] == FAIL_AT:
                     raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected detokenizer fault")
-            return real_accept(self, prefix, full)
+            return real_add(self, token_id)
 
-        monkeypatch.setattr(IncrementalDetokenizer, "accept", accept)
+        monkeypatch.setattr(IncrementalDetokenizer, "add", add)
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["sync", "async"])

@@ -321,19 +321,19 @@ def test_a_failing_request_fails_alone_over_http(server, monkeypatch, stream):
     """A request whose own data breaks the engine (here: the text of its tokens) gets a 500, or an
     error event when streamed; the innocents running beside it are unchanged and nothing leaks."""
     from scheduler import detokenizer, engine
-    incremental, whole = detokenizer.IncrementalDetokenizer.accept, detokenizer.decode_output
+    incremental, whole = detokenizer.IncrementalDetokenizer.add, detokenizer.decode_output
 
-    def accept(self, prefix, full):
+    def add(self, token_id):
         if self.params.seed == 666:
             raise RuntimeError("injected detokenizer fault")
-        return incremental(self, prefix, full)
+        return incremental(self, token_id)
 
     def decode_output(tokenizer, prompt_ids, output_ids, params):
         if params.seed == 666:
             raise RuntimeError("injected detokenizer fault")
         return whole(tokenizer, prompt_ids, output_ids, params)
 
-    monkeypatch.setattr(detokenizer.IncrementalDetokenizer, "accept", accept)
+    monkeypatch.setattr(detokenizer.IncrementalDetokenizer, "add", add)
     monkeypatch.setattr(engine, "decode_output", decode_output)
     body = {"prompt": "doomed", "max_tokens": 8, "seed": 666, "temperature": 0, "stream": stream}
     with Innocents(server) as innocents:
