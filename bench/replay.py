@@ -123,8 +123,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarize(records: list[dict], window: float) -> dict:
-    """Requests served within the window, errors, and latency percentiles per task."""
+    """Requests served within the window, errors, output tok/s from the first send to the last
+    answer, and latency percentiles per task."""
     ok = [r for r in records if r.get("status") == 200]
+    span = (max(r["sent"] + r["latency"] for r in records) - min(r["sent"] for r in records)) if records else 0.0
     served = [r for r in ok if r["sent"] + r["latency"] <= window]
     by_task = defaultdict(list)
     for r in ok:
@@ -138,6 +140,8 @@ def summarize(records: list[dict], window: float) -> dict:
         "errors": len(records) - len(ok),
         "error_samples": [r.get("error") for r in records if r.get("status") != 200][:5],
         "completion_tokens": sum(r.get("completion_tokens", 0) for r in ok),
+        "span_s": span,
+        "output_tok_per_s": sum(r.get("completion_tokens", 0) for r in ok) / span if span else 0.0,
         "latency": {task: {"n": len(v), "p50": percentile(v, 50), "p90": percentile(v, 90),
                            "p99": percentile(v, 99)} for task, v in sorted(by_task.items())},
     }
@@ -146,7 +150,8 @@ def summarize(records: list[dict], window: float) -> dict:
 def print_report(summary: dict, window: float) -> None:
     print(f"requests {summary['requests']} ({summary['prompts']} prompts), served within {window:g} s: "
           f"{summary['served_in_window']} ({summary['prompts_served_in_window']} prompts), "
-          f"errors {summary['errors']}, completion tokens {summary['completion_tokens']}")
+          f"errors {summary['errors']}, completion tokens {summary['completion_tokens']} in "
+          f"{summary['span_s']:.1f} s ({summary['output_tok_per_s']:.0f} tok/s)")
     print(f"{'task':12} {'n':>5} {'p50 s':>8} {'p90 s':>8} {'p99 s':>8}")
     for task, s in summary["latency"].items():
         print(f"{task:12} {s['n']:5d} {s['p50']:8.2f} {s['p90']:8.2f} {s['p99']:8.2f}")

@@ -84,6 +84,8 @@ def test_fixed_concurrency_generator(load_server):
                                             max_tokens=4))
     summary = summarize(records, window=600)
     assert summary["served_in_window"] == 24 and summary["errors"] == 0
+    span = max(r["sent"] + r["latency"] for r in records) - min(r["sent"] for r in records)
+    assert summary["span_s"] == span and summary["output_tok_per_s"] == summary["completion_tokens"] / span > 0
 
 
 def test_replay_sample_trace_on_embedded_model():
