@@ -88,7 +88,7 @@ class CompletionService:
             raise error
         return results
 
-    async def _pump(self, stream, candidates: list[ChoiceState], plan: PromptPlan,
+    async def pump(self, stream, candidates: list[ChoiceState], plan: PromptPlan,
                     sink: Callable[[ChoiceState, str, str | None, bool], None] | None = None) -> None:
         """Consume one prompt's engine stream into its candidates; `sink(choice, new text, finish
         reason, produced tokens)` sees every delta."""
@@ -108,7 +108,7 @@ class CompletionService:
         produced = sum(len(c.token_ids) for c in candidates)
         self.metrics.record_completion(plan.task, len(plan.prompt_ids), produced, arrival, first, time.monotonic())
 
-    def _writer(self, req: GenerationRequest, plans: list[PromptPlan], request_id: str) -> ResponseWriter:
+    def writer_for(self, req: GenerationRequest, plans: list[PromptPlan], request_id: str) -> ResponseWriter:
         # The response names the system (the large model's served name); each choice names its own model.
         return ResponseWriter(req, request_id, req.model or self.names["large"], self.names)
 
@@ -128,7 +128,7 @@ class CompletionService:
         finally:
             self.in_flight -= count
         choices = [c for plan_choices in chosen for c in plan_choices]
-        return self._writer(req, plans, request_id).completion(plans, choices, time.monotonic() - start)
+        return self.writer_for(req, plans, request_id).completion(plans, choices, time.monotonic() - start)
 
     async def _run_whole(self, req: GenerationRequest, plans: list[PromptPlan], request_id: str):
         streams = await self._submit_all(plans, request_id, stream=False)
@@ -136,7 +136,7 @@ class CompletionService:
 
         async def serve(stream, plan):
             try:
-                await self._pump(stream, candidates[plan.index], plan)
+                await self.pump(stream, candidates[plan.index], plan)
             finally:
                 await stream.aclose()
             return await finish_prompt(plan, candidates[plan.index], request_id)
@@ -210,7 +210,7 @@ class StreamJob:
                  request_id: str, count: int):
         self.service, self.req, self.plans, self.streams = service, req, plans, streams
         self.request_id, self.count = request_id, count
-        self.writer = service._writer(req, plans, request_id)
+        self.writer = service.writer_for(req, plans, request_id)
         # Chunks (already framed as SSE events), None once every prompt has finished, or a sentinel.
         self.events: asyncio.Queue = asyncio.Queue()
         self._deadline = asyncio.get_running_loop().call_later(service.request_timeout, self.events.put_nowait,
@@ -234,7 +234,7 @@ class StreamJob:
 
         async def pump_all():
             try:
-                await asyncio.gather(*(service._pump(s, candidates[p.index], p, sink)
+                await asyncio.gather(*(service.pump(s, candidates[p.index], p, sink)
                                        for s, p in zip(self.streams, self.plans)))
             finally:
                 events.put_nowait(None)
