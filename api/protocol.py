@@ -204,7 +204,7 @@ class _Request(_Strict):
     def _supported(self):
         for name, neutral in UNSUPPORTED.items():
             value = getattr(self, name, None)
-            if value is not None and value != neutral and not (neutral == 0 and value == 0.0):
+            if value is not None and value != neutral:
                 raise ValueError(f"'{name}' is not supported by this server")
         if self.stream_options is not None and not self.stream:
             raise ValueError("'stream_options' is only allowed when 'stream' is true")
