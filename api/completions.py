@@ -73,11 +73,14 @@ class CompletionService:
         self.in_flight += count
         return count
 
-    async def _submit_all(self, plans: list[PromptPlan], request_id: str, stream: bool) -> list[AsyncIterator]:
-        """Queue every prompt; if any is refused, withdraw the others and report the refusal."""
+    async def _submit_all(self, plans: list[PromptPlan], request_id: str, stream: bool,
+                          on_output: Callable[[PromptPlan], Callable] | None = None) -> list[AsyncIterator | None]:
+        """Queue every prompt; if any is refused, withdraw the others and report the refusal. With
+        `on_output`, each prompt's outputs go to the callback it makes for the prompt (no streams)."""
         results = await asyncio.gather(*(
             p.engine.submit(p.prompt_ids, p.params, request_id=f"{request_id}-{p.index}", task=p.task,
-                            priority=p.priority, stream=stream) for p in plans), return_exceptions=True)
+                            priority=p.priority, stream=stream, on_output=on_output and on_output(p))
+            for p in plans), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             for plan in plans:
@@ -88,10 +91,9 @@ class CompletionService:
             raise error
         return results
 
-    async def pump(self, stream, candidates: list[ChoiceState], plan: PromptPlan,
-                    sink: Callable[[ChoiceState, str, str | None, bool], None] | None = None) -> None:
-        """Consume one prompt's engine stream into its candidates; `sink(choice, new text, finish
-        reason, produced tokens)` sees every delta."""
+    async def _pump(self, stream, candidates: list[ChoiceState], plan: PromptPlan) -> None:
+        """Consume one prompt's engine stream (its final output: whole responses are not streamed
+        from the engine) into its candidates."""
         arrival = time.monotonic()
         first = None
         async for out in stream:
@@ -102,9 +104,7 @@ class CompletionService:
                 if first is None and delta.token_ids:
                     # The engine's clock is this one (monotonic); an unstreamed output arrives at the end.
                     first = out.first_token_time or time.monotonic()
-                text = choice.apply(delta)
-                if sink is not None:
-                    sink(choice, text, delta.finish_reason, bool(delta.token_ids))
+                choice.apply(delta)
         produced = sum(len(c.token_ids) for c in candidates)
         self.metrics.record_completion(plan.task, len(plan.prompt_ids), produced, arrival, first, time.monotonic())
 
@@ -136,7 +136,7 @@ class CompletionService:
 
         async def serve(stream, plan):
             try:
-                await self.pump(stream, candidates[plan.index], plan)
+                await self._pump(stream, candidates[plan.index], plan)
             finally:
                 await stream.aclose()
             return await finish_prompt(plan, candidates[plan.index], request_id)
@@ -177,14 +177,13 @@ class CompletionService:
         """Plan, admit and queue a streaming request. Everything that can be refused is refused here,
         before any byte of the response is sent."""
         plans = await self.planner.plan(req)
-        count = self._admit(plans)
-        request_id = uuid.uuid4().hex
+        job = StreamJob(self, req, plans, uuid.uuid4().hex, self._admit(plans))
         try:
-            streams = await self._submit_all(plans, request_id, stream=True)
+            await self._submit_all(plans, job.request_id, stream=True, on_output=job.on_output)
         except BaseException:
-            self.in_flight -= count
+            await job.close()
             raise
-        return StreamJob(self, req, plans, streams, request_id, count)
+        return job
 
     # ---- shutdown
 
@@ -203,43 +202,60 @@ class CompletionService:
 
 
 class StreamJob:
-    """A streaming request once admitted: its SSE events, and `close()`, which releases its slots and
+    """A streaming request once admitted: the engines hand its outputs to `on_output`'s callbacks,
+    which frame them as SSE events at once; `events_sse` sends them; `close()` releases its slots and
     aborts its engine requests once, whether or not the events were ever read."""
 
-    def __init__(self, service: CompletionService, req: GenerationRequest, plans: list[PromptPlan], streams: list,
+    def __init__(self, service: CompletionService, req: GenerationRequest, plans: list[PromptPlan],
                  request_id: str, count: int):
-        self.service, self.req, self.plans, self.streams = service, req, plans, streams
+        self.service, self.req, self.plans = service, req, plans
         self.request_id, self.count = request_id, count
         self.writer = service.writer_for(req, plans, request_id)
-        # Chunks (already framed as SSE events), None once every prompt has finished, or a sentinel.
+        self.candidates = ChoiceState.for_plans(plans, req.n)  # streaming has no best-of: one per choice
+        # SSE events, then None once every prompt has finished; or a sentinel or an APIError that ends it.
         self.events: asyncio.Queue = asyncio.Queue()
         self._deadline = asyncio.get_running_loop().call_later(service.request_timeout, self.events.put_nowait,
                                                                _TIMED_OUT)
-        self._worker: asyncio.Task | None = None
+        self._unfinished = len(plans)
+        self._start = time.monotonic()
         self._closed = False
         service._streams.add(self)
+
+    def on_output(self, plan: PromptPlan) -> Callable:
+        """The callback that takes one prompt's engine outputs (or the error that ends it)."""
+        candidates, first = self.candidates[plan.index], None
+
+        def take(out) -> None:
+            nonlocal first
+            if isinstance(out, BaseException) or out.error is not None:
+                error = out if isinstance(out, BaseException) else APIError(
+                    500, f"generation failed for prompt {plan.index}: {out.error}")
+                self.events.put_nowait(as_api_error(error))
+                return
+            for delta in out.outputs:
+                choice = candidates[delta.index]
+                if first is None and delta.token_ids:
+                    first = out.first_token_time or time.monotonic()
+                text = choice.apply(delta)
+                # One event per step that produced tokens, even when their text is held back (a partial
+                # character, a possible stop string or think tag), so a client can time every token.
+                if text or delta.token_ids or delta.finish_reason is not None:
+                    self.events.put_nowait(self.writer.chunk_event(choice, text, delta.finish_reason))
+            if out.finished:
+                produced = sum(len(c.token_ids) for c in candidates)
+                self.service.metrics.record_completion(plan.task, len(plan.prompt_ids), produced, self._start,
+                                                       first, time.monotonic())
+                self._unfinished -= 1
+                if not self._unfinished:
+                    self.events.put_nowait(None)
+
+        return take
 
     async def events_sse(self) -> AsyncIterator[str]:
         """The response body: one SSE event per step that produced tokens for a choice (several that
         are ready go out in one write), an error event if the request ends early, then [DONE]."""
         req, service, events = self.req, self.service, self.events
-        candidates = ChoiceState.for_plans(self.plans, req.n)  # streaming has no best-of: one per choice
-        choices = [c for plan_choices in candidates for c in plan_choices]
-
-        def sink(choice, text, finish_reason, produced):
-            # One chunk per step that produced tokens, even when their text is held back (a partial
-            # character, a possible stop string or think tag), so a client can time every token.
-            if text or produced or finish_reason is not None:
-                events.put_nowait(self.writer.chunk_event(choice, text, finish_reason))
-
-        async def pump_all():
-            try:
-                await asyncio.gather(*(service.pump(s, candidates[p.index], p, sink)
-                                       for s, p in zip(self.streams, self.plans)))
-            finally:
-                events.put_nowait(None)
-
-        self._worker = asyncio.get_running_loop().create_task(pump_all())
+        choices = [c for plan_choices in self.candidates for c in plan_choices]
         error = None
         try:
             if req.chat:
@@ -253,14 +269,15 @@ class StreamJob:
                 if text:
                     yield text
                 if ended is not None:
-                    if ready[ended] is _ABORTED:
+                    end = ready[ended]
+                    if end is _ABORTED:
                         error = service.aborting
-                    elif ready[ended] is _TIMED_OUT:
+                    elif end is _TIMED_OUT:
                         error = APIError(504, f"the request timed out after {service.request_timeout:g} s",
                                          code="timeout")
+                    elif isinstance(end, APIError):
+                        error = end
                     break
-            if error is None and self._worker.done() and self._worker.exception() is not None:
-                error = as_api_error(self._worker.exception())
             if error is not None:
                 yield sse(error.body())
             elif req.include_usage:
@@ -277,10 +294,5 @@ class StreamJob:
         self._deadline.cancel()
         self.service._streams.discard(self)
         self.service.in_flight -= self.count
-        if self._worker is not None and not self._worker.done():  # the client went away: abort every prompt
-            self._worker.cancel()
-        if self._worker is not None:
-            await asyncio.gather(self._worker, return_exceptions=True)
-        for plan, stream in zip(self.plans, self.streams):
-            plan.engine.abort(f"{self.request_id}-{plan.index}")  # a no-op for finished requests
-            await stream.aclose()
+        for plan in self.plans:  # a no-op for finished requests; frees the blocks of the others
+            plan.engine.abort(f"{self.request_id}-{plan.index}")

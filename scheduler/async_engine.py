@@ -40,7 +40,7 @@ class AsyncEngine:
         self.on_death: list[Callable[[BaseException], None]] = []
         self._inbox: collections.deque = collections.deque()  # ("add", ...) / ("abort", id), loop -> thread
         self._work = threading.Event()
-        self._streams: dict[str, asyncio.Queue] = {}           # touched on the event loop only
+        self._streams: dict[str, asyncio.Queue | Callable] = {}  # per request; on the event loop only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -89,19 +89,24 @@ class AsyncEngine:
         self._work.set()
 
     async def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
-                     request_id: str | None = None, **options) -> AsyncIterator[RequestOutput]:
+                     request_id: str | None = None, on_output: Callable[[RequestOutput | BaseException], None]
+                     | None = None, **options) -> AsyncIterator[RequestOutput] | None:
         """Queue a request and return its stream of outputs (deltas) once the engine has accepted it.
 
         `options` are LLMEngine.add_request's (task, priority, stream), with its defaults.
         Raises ValueError for a request the engine cannot serve, EngineDeadError if the engine has
         stopped. With stream=False the stream yields one output, the finished request. Closing the
         stream early (a client disconnect, a timeout) aborts the request and frees its KV blocks.
+
+        With `on_output`, nothing is returned: each output (or the exception that ends the request)
+        is handed to `on_output` on the event loop as soon as the step that made it is done, without
+        a queue and a consumer task per request; `abort` then ends the request.
         """
         self._ensure_thread()
         request_id = request_id or uuid.uuid4().hex
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue | None = asyncio.Queue() if on_output is None else None
         accepted = self._loop.create_future()
-        self._streams[request_id] = queue  # before the thread can produce its first output
+        self._streams[request_id] = queue or on_output  # before the thread can produce its first output
         self._send(("add", request_id, prompt, params, options, accepted))
         try:
             await accepted
@@ -111,7 +116,7 @@ class AsyncEngine:
         except BaseException:
             self._streams.pop(request_id, None)
             raise
-        return self._stream(request_id, queue)
+        return self._stream(request_id, queue) if queue is not None else None
 
     async def _stream(self, request_id: str, queue: asyncio.Queue) -> AsyncIterator[RequestOutput]:
         finished = False
@@ -155,18 +160,18 @@ class AsyncEngine:
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
-            queue = self._streams.get(out.request_id)
-            if queue is not None:
-                queue.put_nowait(out)
+            target = self._streams.get(out.request_id)
+            if target is not None:
                 if out.finished:
                     del self._streams[out.request_id]
+                _hand(target, out)
 
     def _fail_streams(self, error: BaseException, request_ids=None) -> None:
         """Fail the streams of `request_ids` (default: all) with `error`."""
         for request_id in list(self._streams) if request_ids is None else request_ids:
-            queue = self._streams.pop(request_id, None)
-            if queue is not None:
-                queue.put_nowait(error)
+            target = self._streams.pop(request_id, None)
+            if target is not None:
+                _hand(target, error)
 
     def _die(self, cause: BaseException) -> None:
         self._death = cause
@@ -232,6 +237,17 @@ class AsyncEngine:
         except BaseException as e:
             logger.exception("engine %r: the stepping thread died", self.name)
             self._call_loop(self._die, e)
+
+
+def _hand(target: asyncio.Queue | Callable, item: RequestOutput | BaseException) -> None:
+    """Give an output or an error to a request's queue or callback."""
+    if isinstance(target, asyncio.Queue):
+        target.put_nowait(item)
+        return
+    try:
+        target(item)
+    except Exception:  # one consumer's bug must not keep this step's outputs from the others
+        logger.exception("a request's output callback failed")
 
 
 def _settle(future: asyncio.Future, error: BaseException | None) -> None:

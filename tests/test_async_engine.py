@@ -10,6 +10,7 @@ from models.sampler import SamplingParams
 from scheduler.async_engine import AsyncEngine
 from scheduler.engine import EngineConfig, LLMEngine
 from scheduler.llm import LLM
+from scheduler.outputs import merge_outputs
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 PROMPTS = ["The weather today is", "Graph search algorithms", "A short poem about rivers:", "1, 2, 3,"]
@@ -178,3 +179,32 @@ def test_a_stream_that_fell_behind_gets_its_deltas_merged(tiny_model_dir, expect
     assert len(rest) == 1 and rest[0].finished
     assert first.outputs[0].token_ids + rest[0].outputs[0].token_ids == expected[0].token_ids
     assert first.outputs[0].text + rest[0].outputs[0].text == expected[0].text
+
+
+def test_output_callbacks_get_what_a_stream_gets(tiny_model_dir, expected):
+    """With on_output, each step's outputs reach the callback on the loop, in order, ending with the
+    finished one, and add up to what the stream would have given."""
+    engine = _engine(tiny_model_dir)
+
+    async def main():
+        outputs, done = {i: [] for i in range(len(PROMPTS))}, asyncio.Event()
+
+        def collect(i):
+            def take(out):
+                outputs[i].append(out)
+                if all(o and (isinstance(o[-1], BaseException) or o[-1].finished) for o in outputs.values()):
+                    done.set()
+            return take
+
+        for i, prompt in enumerate(PROMPTS):
+            assert await engine.submit(prompt, GREEDY, on_output=collect(i)) is None
+        await asyncio.wait_for(done.wait(), 60)
+        await engine.shutdown()
+        return outputs
+
+    outputs = asyncio.run(main())
+    for i, exp in enumerate(expected):
+        merged = merge_outputs(outputs[i])
+        assert [o.finished for o in outputs[i]] == [False] * (len(outputs[i]) - 1) + [True]
+        assert (merged.outputs[0].token_ids, merged.outputs[0].text) == (exp.token_ids, exp.text)
+    assert engine.engine.scheduler.block_manager.num_free_blocks == engine.engine.num_kv_blocks
