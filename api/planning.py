@@ -115,12 +115,14 @@ class Planner:
     def _plan_one(self, req: GenerationRequest, index: int, prompt, forced_role: str | None,
                   rendered: str | None) -> PromptPlan:
         text = _visible_text(prompt)
-        self._check_size(text, forced_role or "large", index)
+        size = len(text.encode("utf-8"))
+        self._check_size(size, forced_role or "large", index)  # before the router reads the text
         task = classify(text) if text else "general"
         policy = self.policies[task]
         role = forced_role or policy.choose_model(text)
         engine = self.engines[role]
-        self._check_size(text, role, index)
+        if engine is not self.engines[forced_role or "large"]:
+            self._check_size(size, role, index)
         engine_prompt = rendered if rendered is not None else self._engine_prompt(req, policy, prompt, engine, role)
         if engine_prompt is None:
             prompt_ids = list(prompt)
@@ -139,9 +141,9 @@ class Planner:
         return PromptPlan(index, prompt, task, role, engine, engine_prompt, prompt_ids, params,
                           policy.priority + req.priority, policy, samples)
 
-    def _check_size(self, text: str, role: str, index: int) -> None:
+    def _check_size(self, size: int, role: str, index: int) -> None:
+        """Refuse a prompt of `size` bytes that no tokenization could fit into the role's context."""
         limit = self.engines[role].max_model_len * self._max_token_bytes[role]
-        size = len(text.encode("utf-8"))
         if size > limit:
             raise bad_request(f"prompt {index} is {size} bytes: more than the model's context of "
                               f"{self.engines[role].max_model_len} tokens can hold", "prompt")

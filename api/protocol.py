@@ -184,28 +184,9 @@ class _Request(_Strict):
     # Added to the task's priority class: a client may defer its own requests, never jump the queue.
     priority: Annotated[StrictInt, Field(ge=0, le=MAX_PRIORITY)] = 0
     user: Annotated[Text, Field(max_length=256)] | None = None     # accepted, as OpenAI clients send it
-    # Refused by name unless neutral (see UNSUPPORTED).
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    logit_bias: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    parallel_tool_calls: Any = None
-    response_format: Any = None
-    audio: Any = None
-    modalities: Any = None
-    prediction: Any = None
-    reasoning_effort: Any = None
-    web_search_options: Any = None
 
     @model_validator(mode="after")
-    def _supported(self):
-        for name, neutral in UNSUPPORTED.items():
-            value = getattr(self, name, None)
-            if value is not None and value != neutral:
-                raise ValueError(f"'{name}' is not supported by this server")
+    def _consistent(self):
         if self.stream_options is not None and not self.stream:
             raise ValueError("'stream_options' is only allowed when 'stream' is true")
         limit = self.max_tokens
@@ -224,8 +205,6 @@ class CompletionRequest(_Request):
     prompt: Annotated[list, BeforeValidator(_prompt)]
     echo: StrictBool = False
     logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    best_of: Any = None
-    suffix: Any = None
 
 
 class ChatRequest(_Request):
@@ -273,8 +252,11 @@ class GenerationRequest:
 def _validate(model: type[_Request], body) -> _Request:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
+    for name, neutral in UNSUPPORTED.items():
+        if body.get(name) is not None and body[name] != neutral:
+            raise bad_request(f"'{name}' is not supported by this server", name)
     try:
-        return model.model_validate(body)
+        return model.model_validate({k: v for k, v in body.items() if k not in UNSUPPORTED})
     except ValidationError as e:
         raise _as_bad_request(e) from None
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from models.sampler import SamplingParams
-from scheduler.engine import EngineConfig, LLMEngine
+from scheduler.engine import LLMEngine
 from scheduler.outputs import EngineStats, RequestOutput, merge_outputs
 
 logger = logging.getLogger(__name__)
@@ -45,12 +45,6 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._death: BaseException | None = None
-
-    @classmethod
-    async def create(cls, config: EngineConfig, name: str = "engine") -> AsyncEngine:
-        """Load the model off the event loop and return the engine."""
-        engine = await asyncio.get_running_loop().run_in_executor(None, LLMEngine, config)
-        return cls(engine, name)
 
     @property
     def tokenizer(self):
