@@ -72,18 +72,17 @@ async def _read_body(request: Request, max_bytes: int, timeout: float, service: 
 
     # A body that trickles in (or never comes) must not hold the connection past the timeout, nor
     # keep a shutting-down server waiting.
-    reading = asyncio.ensure_future(read())
-    deadline = time.monotonic() + timeout
+    reading, aborted = asyncio.ensure_future(read()), asyncio.ensure_future(service.until_aborted())
     try:
-        while not reading.done():
-            await asyncio.wait({reading}, timeout=0.25)
-            if service.aborting is not None:
+        await asyncio.wait({reading, aborted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not reading.done():
+            if aborted.done():
                 raise service.aborting
-            if not reading.done() and time.monotonic() > deadline:
-                raise APIError(408, f"the request body did not arrive within {timeout:g} s", code="timeout")
+            raise APIError(408, f"the request body did not arrive within {timeout:g} s", code="timeout")
         reading.result()
     finally:
         reading.cancel()
+        aborted.cancel()
     return bytes(body)
 
 

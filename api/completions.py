@@ -54,6 +54,10 @@ class CompletionService:
         self._streams: set[StreamJob] = set()  # streams being sent: told directly when aborting
         metrics.watch(lambda: (self.engines, self.in_flight, self.max_queued_prompts))
 
+    async def until_aborted(self) -> None:
+        """Returns once requests in flight must end (the shutdown's grace is over)."""
+        await self._abort.wait()
+
     @property
     def healthy(self) -> bool:
         return all(e.healthy for e in self.engines.values())
@@ -147,7 +151,7 @@ class CompletionService:
                      deadline: float):
         """Wait for the engines, but give up (aborting every prompt) on a disconnect, the deadline or
         a shutdown: whichever comes first wakes this, nothing polls."""
-        aborted = asyncio.ensure_future(self._abort.wait())
+        aborted = asyncio.ensure_future(self.until_aborted())
         left = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
             waiting = {work, aborted} | ({left} if left is not None else set())
