@@ -31,4 +31,6 @@ class StopRule:
 
     def stops(self, params: SamplingParams, index: int, token: int) -> bool:
         """Whether `token`, the `index`-th output token, ends its sequence."""
-        return index >= params.min_tokens and token in self.stop_ids(params)
+        # Asked for every sampled token: test membership without building stop_ids' tuple.
+        return index >= params.min_tokens and (token in params.stop_token_ids
+                                               or (not params.ignore_eos and token in self.eos_token_ids))
