@@ -145,7 +145,7 @@ class Sampler:
         device = logits.device
         for i, row in enumerate(rows):
             try:
-                self._constrain(logits[i], row)
+                self._constrain(logits, i, row)
             except Exception as e:
                 raise SequenceError(row, e) from e
         out = SamplerOutput(token_ids=logits.argmax(dim=-1))
@@ -172,18 +172,19 @@ class Sampler:
                 out.top_logprobs, out.top_ids = logprobs.topk(k, dim=-1)
         return out
 
-    def _constrain(self, row_logits: torch.Tensor, row) -> None:
-        """Mask, in place, what this row may not draw: tokens outside allowed_token_ids, and the
-        stopping ids while below min_tokens. Index lists go through pinned memory: no host sync."""
-        device = row_logits.device
+    def _constrain(self, logits: torch.Tensor, i: int, row) -> None:
+        """Mask, in place, what row i may not draw: tokens outside allowed_token_ids, and the
+        stopping ids while below min_tokens. Index lists go through pinned memory: no host sync.
+        Most rows have neither, and then no tensor is touched (this runs for every row, every step)."""
+        device = logits.device
         allowed = row.params.allowed_token_ids
         if allowed is not None:
-            keep = torch.full_like(row_logits, float("-inf"))
+            keep = torch.full_like(logits[i], float("-inf"))
             keep[to_device(allowed, torch.int64, device)] = 0.0
-            row_logits += keep
+            logits[i] += keep
         banned = self.stop_rule.banned_ids(row.params, row.num_output_tokens)
         if banned:
-            row_logits[to_device(banned, torch.int64, device)] = float("-inf")
+            logits[i, to_device(banned, torch.int64, device)] = float("-inf")
 
 
 def _filtered_probs(logits, temperature, top_k, top_p, min_p) -> torch.Tensor:

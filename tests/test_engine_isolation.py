@@ -30,10 +30,10 @@ def _inject(monkeypatch, where: str, victim: SamplingParams) -> None:
     if where == "sampler":
         real = Sampler._constrain
 
-        def constrain(self, row_logits, row):
+        def constrain(self, logits, i, row):
             if row.params is victim and row.num_output_tokens == FAIL_AT:
                 raise RuntimeError("injected sampler fault")
-            real(self, row_logits, row)
+            real(self, logits, i, row)
 
         monkeypatch.setattr(Sampler, "_constrain", constrain)
     else:
