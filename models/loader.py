@@ -10,6 +10,7 @@ import torch
 from models.config import ModelConfig, preset_config
 from models.decoder import DecoderModel
 from models.errors import ModelLoadError
+from models.quantization import check_quantization, quantize_model
 
 EMBEDDED = "embedded"
 
@@ -71,15 +72,18 @@ def _init_dummy(model: DecoderModel, seed: int) -> None:
 
 
 def load_model(model: str, *, load_format: str = "auto", dtype: torch.dtype, device: torch.device,
-               backend, max_model_len: int | None = None, seed: int = 0, tokenizer: str | None = None):
+               backend, max_model_len: int | None = None, seed: int = 0, tokenizer: str | None = None,
+               quantization: str = "none"):
     """Build and load a model. Returns (DecoderModel, ModelConfig, tokenizer or None, max_model_len).
 
     load_format "dummy" takes the architecture from a built-in Qwen3 preset (or a local config.json)
     and random weights, for benchmarks where no real weights can be had. `tokenizer` (a model
     directory, hub id or 'embedded') replaces the model's own, e.g. to send text to dummy weights.
+    `quantization` (models.quantization.MODES) quantizes the decoder layers' projections once loaded.
     """
     if load_format not in ("auto", "dummy"):
         raise ModelLoadError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
+    check_quantization(quantization, device)
     model_dir = None
     if load_format == "dummy" and preset_config(model) is not None:
         cfg = ModelConfig.from_hf_dict(preset_config(model), f"preset {model}")
@@ -96,6 +100,7 @@ def load_model(model: str, *, load_format: str = "auto", dtype: torch.dtype, dev
         _init_dummy(net, seed)
     else:
         net.load_weights(_iter_safetensors(_safetensors_files(model_dir), dtype))
+    quantize_model(net, quantization)
     if tokenizer is not None:
         tok = load_tokenizer(resolve_model_dir(tokenizer))
         if tok is None:

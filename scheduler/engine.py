@@ -13,8 +13,9 @@ import torch
 from models.attention import get_backend
 from models.decoder import compile_small_ops
 from models.errors import SequenceError
-from models.kv_tensors import num_blocks_for_budget
+from models.kv_tensors import bytes_per_block, num_blocks_for_budget
 from models.loader import load_model
+from models.quantization import EAGER_ONLY, weight_bytes
 from models.runner import ModelRunner, StepResult
 from models.sampler import SamplingParams
 from models.stop_rule import StopRule
@@ -46,6 +47,7 @@ class EngineConfig(SchedulerConfig):
     attention_backend: str = "auto"      # "triton" on CUDA when installed, else the torch reference
     enforce_eager: bool = False          # CUDA: no decode graphs (they need a backend that supports them)
     async_scheduling: bool | None = None  # schedule step N+1 while the GPU runs step N; default: on for CUDA
+    quantization: str = "none"           # the decoder layers' weights: none, bnb-8bit, bnb-4bit or fp8
     seed: int = 0
 
     def resolved_device(self) -> torch.device:
@@ -90,7 +92,8 @@ class LLMEngine:
         backend = get_backend(config.attention_backend, device.type)
         self.model, self.model_config, self.tokenizer, max_len = load_model(
             config.model, load_format=config.load_format, dtype=dtype, device=device,
-            backend=backend, max_model_len=config.max_model_len, seed=config.seed, tokenizer=config.tokenizer)
+            backend=backend, max_model_len=config.max_model_len, seed=config.seed, tokenizer=config.tokenizer,
+            quantization=config.quantization)
         eos = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
@@ -98,11 +101,17 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, config.block_size, dtype, device, stop_rule)
         num_blocks = self._num_kv_blocks(dtype, max_len)
         self.runner.allocate_kv_cache(num_blocks)
+        kv_bytes = num_blocks * bytes_per_block(self.model_config, config.block_size, dtype)
+        logger.info("%s: weights %.2f GiB (quantization %s), KV cache %d blocks of %d tokens (%.2f GiB)",
+                    config.model, weight_bytes(self.model) / 2**30, config.quantization, num_blocks,
+                    config.block_size, kv_bytes / 2**30)
         # A single sequence must always fit in the pool, or it could only ever preempt itself.
         max_model_len = min(max_len, num_blocks * config.block_size)
         if device.type == "cuda" and not config.enforce_eager:
             compile_small_ops()
-            if getattr(backend, "supports_cuda_graphs", False):
+            if config.quantization in EAGER_ONLY:
+                logger.info("decode steps run without CUDA graphs: %s cannot be captured", config.quantization)
+            elif getattr(backend, "supports_cuda_graphs", False):
                 self.runner.capture_decode_graphs(config.max_num_seqs, max_model_len)
             self.runner.warm_up()
         self.scheduler = Scheduler(config.scheduler_config(max_model_len), num_blocks, stop_rule)
