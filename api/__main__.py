@@ -1,6 +1,7 @@
 """Start the server: `python -m api` serves the embedded model on http://127.0.0.1:8000.
 
     python -m api --model /models/Qwen3-8B --small-model /models/Qwen3-1.7B --small-device cuda:1
+    python -m api --config system3 --small-device cuda:1   # a preset (configs/), flags override it
     python -m api --help          # every flag, its default and its unit
 """
 
@@ -15,8 +16,8 @@ from models.errors import ModelLoadError
 
 
 def main(argv=None) -> int:
-    config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = parse_args(argv)  # after logging is set up: a preset may have something to say
     try:
         return serve(config)
     except (ModelLoadError, ValueError, OSError) as e:

@@ -1,15 +1,25 @@
 """Everything that fixes a server, as one frozen dataclass whose fields give `python -m api` its flags.
 
-Engine settings take their defaults from `EngineConfig`, so a default is written once.
+Engine settings take their defaults from `EngineConfig`, so a default is written once. A preset
+(`--config system1`, a JSON file under configs/) sets several fields at once; flags given explicitly
+override it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
 import os
+from pathlib import Path
 
+from models.quantization import MODES as QUANTIZATION_MODES
 from scheduler.engine import EngineConfig
+
+logger = logging.getLogger("switchyard")
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 _ENGINE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
 
@@ -57,6 +67,11 @@ class ServerConfig:
     attention_backend: str = _engine("attention_backend", "auto: Triton kernels on CUDA, else the torch reference",
                                      choices=("auto", "torch", "triton"))
     enforce_eager: bool = _engine("enforce_eager", "CUDA: no CUDA graphs, no torch.compile")
+    quantization: str = _engine("quantization", "the large model's decoder weights: bnb-8bit (LLM.int8) or "
+                                                "bnb-4bit (NF4) save memory at a speed cost; fp8 needs sm89+",
+                                choices=QUANTIZATION_MODES)
+    small_quantization: str | None = _field(None, "the same for the small model (default: the large model's)",
+                                            choices=QUANTIZATION_MODES)
     # ---- HTTP
     host: str = _field("127.0.0.1", "address to listen on")
     port: int = _field(8000, "port to listen on")
@@ -82,14 +97,16 @@ class ServerConfig:
         if small:
             utilization = self.small_gpu_memory_utilization or (0.45 if shared_gpu else self.gpu_memory_utilization)
             model, device = self.small_model, self.small_device or self.device
+            quantization = self.small_quantization or self.quantization
         else:
             model, device, utilization = self.model, self.device, self.gpu_memory_utilization
+            quantization = self.quantization
         return EngineConfig(model=model, load_format=self.load_format, tokenizer=self.tokenizer, dtype=self.dtype,
                             device=device, gpu_memory_utilization=utilization, kv_cache_gib=self.kv_cache_gib,
                             max_model_len=self.max_model_len, block_size=self.block_size,
                             max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
                             enable_prefix_caching=self.prefix_caching, attention_backend=self.attention_backend,
-                            enforce_eager=self.enforce_eager)
+                            enforce_eager=self.enforce_eager, quantization=quantization)
 
 
 def _type_of(field: dataclasses.Field):
@@ -97,10 +114,55 @@ def _type_of(field: dataclasses.Field):
     return {"int": int, "float": float, "str": str, "tuple[str, ...]": str}[kind]
 
 
+# Keys a preset may hold besides ServerConfig fields.
+_PRESET_ONLY = {"description": "str", "speculative": "bool"}
+_KINDS = {"str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "tuple[str, ...]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)}
+
+
+def load_preset(name: str) -> dict:
+    """The settings of a preset: `name` is one under configs/ (system1 ... system5) or a JSON file.
+
+    Its keys are ServerConfig fields (as in `python -m api --help`, with _ for -) plus `description`
+    and `speculative`; a relative `policy` path is read from the preset's directory. Raises
+    ValueError naming the file and the key for an unknown key or a value of the wrong type.
+    """
+    path = Path(name) if name.endswith(".json") else PRESETS_DIR / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.json")))
+        raise ValueError(f"preset {name!r}: {path} does not exist (presets: {known}; or a .json file)")
+    try:
+        preset = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"preset {path}: {e}") from e
+    if not isinstance(preset, dict):
+        raise ValueError(f"preset {path}: expected a JSON object of settings")
+    fields = {f.name: f for f in dataclasses.fields(ServerConfig)}
+    unknown = sorted(set(preset) - set(fields) - set(_PRESET_ONLY))
+    if unknown:
+        raise ValueError(f"preset {path}: unknown keys {unknown}; a preset holds ServerConfig fields "
+                         f"(python -m api --help) and {sorted(_PRESET_ONLY)}")
+    for key, value in preset.items():
+        kind, _, optional = (fields[key].type if key in fields else _PRESET_ONLY[key]).partition(" | ")
+        choices = fields[key].metadata.get("choices") if key in fields else None
+        if value is None and optional:
+            continue
+        if not _KINDS[kind](value) or (choices and value not in choices):
+            expected = f"one of {list(choices)}" if choices else f"of type {kind}"
+            raise ValueError(f"preset {path}: {key}: {value!r} is not {expected}" + (" or null" if optional else ""))
+    if preset.get("policy"):
+        preset["policy"] = str(path.parent / preset["policy"])
+    return preset
+
+
 def argument_parser() -> argparse.ArgumentParser:
-    """`python -m api`'s flags, one per ServerConfig field, each with its default shown."""
+    """`python -m api`'s flags, one per ServerConfig field, each with its default shown, and --config."""
     ap = argparse.ArgumentParser(prog="python -m api", description="Switchyard: an OpenAI-compatible server",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--config", help="a preset: system1 ... system5 (configs/NAME.json) or a JSON file of "
+                                     "settings; flags given here override it")
     for field in dataclasses.fields(ServerConfig):
         flag = "--" + field.name.replace("_", "-")
         meta = dict(field.metadata)
@@ -113,7 +175,20 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
-    """A ServerConfig from command-line flags."""
-    args = vars(argument_parser().parse_args(argv))
+    """A ServerConfig from command-line flags, over the preset of --config if one is named."""
+    ap = argument_parser()
+    preset_name = ap.parse_known_args(argv)[0].config
+    if preset_name:
+        try:
+            preset = load_preset(preset_name)
+        except ValueError as e:
+            ap.error(f"--config: {e}")
+        if preset.get("speculative"):
+            logger.warning("preset %s asks for speculative decoding, which Switchyard does not implement yet: "
+                           "serving without it", preset_name)
+        # The preset replaces the defaults, so that a flag given explicitly still wins.
+        ap.set_defaults(**{k: v for k, v in preset.items() if k not in _PRESET_ONLY})
+    args = vars(ap.parse_args(argv))
+    del args["config"]
     args["public_paths"] = tuple(args["public_paths"])
     return ServerConfig(**args)
