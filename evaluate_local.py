@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from evaluation.sets import TASKS, Item, load_items
+from models.quantization import MODES as QUANTIZATION_MODES
 from tasks.infobench_judge import add_judge_arguments, chat_from_args, judge_item, item_score
 from tasks.scoring import parse_graph_answer, parse_mmlu_answer, score_graph, score_mmlu
 
@@ -53,8 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--request-timeout", type=float, default=7200.0,
                     help="seconds a request may take before it fails (a CPU run at the full budget is slow); "
                          "give a server its own --request-timeout too")
-    ap.add_argument("--use_8bit", action="store_true", help="not implemented yet: exits with an error")
-    ap.add_argument("--use_4bit", action="store_true", help="not implemented yet: exits with an error")
+    ap.add_argument("--quantization", choices=QUANTIZATION_MODES, default="none",
+                    help="in-process: both models' decoder weights (see python -m api --help)")
+    ap.add_argument("--use_8bit", action="store_true", help="the course's spelling of --quantization bnb-8bit")
+    ap.add_argument("--use_4bit", action="store_true", help="the course's spelling of --quantization bnb-4bit")
     add_judge_arguments(ap)
     ap.add_argument("--plot", metavar="RUNS_FILE", help="only plot accuracy vs throughput from a runs file")
     ap.add_argument("--plot-output", default="pareto.png")
@@ -143,6 +146,18 @@ def evaluate_task(backend, chat, task: str, args) -> tuple[list[dict], dict]:
 _ROUTER_LABEL = {"graphdev": "graph", "mmlu_med": "mmlu_med", "infobench": "infobench"}
 
 
+def _quantization(args) -> str:
+    """The quantization mode the flags ask for; ValueError if they contradict each other."""
+    asked = {args.quantization} - {"none"}
+    asked |= {"bnb-8bit"} if args.use_8bit else set()
+    asked |= {"bnb-4bit"} if args.use_4bit else set()
+    if len(asked) > 1:
+        raise ValueError(f"conflicting quantization flags: {sorted(asked)}")
+    if asked and args.server:
+        raise ValueError("quantization applies to in-process models; a --server is quantized by its own flags")
+    return asked.pop() if asked else "none"
+
+
 def _judge(args, backend):
     """The judge chat function and how to label it."""
     if args.judge_url or args.judge_model:
@@ -163,9 +178,10 @@ def main(argv=None) -> int:
             return 2
         print(f"wrote {args.plot_output}", file=sys.stderr)
         return 0
-    if args.use_8bit or args.use_4bit:
-        print(f"error: {'--use_8bit' if args.use_8bit else '--use_4bit'}: quantization is not implemented yet "
-              "in Switchyard; run without it", file=sys.stderr)
+    try:
+        quantization = _quantization(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     tasks = TASKS if args.task == "all" else (args.task,)
     if args.server:
@@ -176,9 +192,9 @@ def main(argv=None) -> int:
         from evaluation.backends import InProcessBackend
         server_argv = ["--model", args.model] + (["--small-model", args.small_model] if args.small_model else []) \
             + (["--policy", args.policy] if args.policy else []) \
-            + ["--request-timeout", str(args.request_timeout)]
+            + ["--request-timeout", str(args.request_timeout), "--quantization", quantization]
         backend = InProcessBackend(server_argv)
-        backend_label = "in-process"
+        backend_label = "in-process" + (f", {quantization}" if quantization != "none" else "")
     chat, judge_label = _judge(args, backend)
     if "infobench" in tasks and judge_label.startswith("local judge"):
         print(f"warning: InfoBench is judged by {backend.model} itself, far weaker than the course's judge; "
@@ -198,6 +214,7 @@ def main(argv=None) -> int:
         "label": label, "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
         "backend": backend_label, "model": backend.model, "small_model": args.small_model, "policy": args.policy,
+        "quantization": None if args.server else quantization,
         "judge": judge_label if "infobench" in tasks else None, "limit": args.limit, "batch_size": args.batch_size,
         "max_tokens": args.max_tokens, "tasks": per_task,
         "mean_accuracy": sum(s["accuracy"] for s in per_task.values()) / len(per_task),

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 
 import pytest
 
@@ -63,7 +64,24 @@ def test_end_to_end_in_process(tiny_model_dir, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("flag", ["--use_8bit", "--use_4bit"])
-def test_quantization_flags_fail_clearly(flag, capsys):
-    assert evaluate_local.main(["--task", "mmlu_med", flag]) == 2
-    assert "quantization is not implemented yet" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--use_8bit", "--use_4bit"], "conflicting quantization flags"),
+    (["--use_4bit", "--quantization", "fp8"], "conflicting quantization flags"),
+    (["--use_8bit", "--server", "http://127.0.0.1:9"], "a --server is quantized by its own flags"),
+])
+def test_contradictory_quantization_flags_fail_clearly(argv, message, capsys):
+    assert evaluate_local.main(["--task", "mmlu_med"] + argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_use_8bit_quantizes_the_in_process_model(tiny_model_dir, tmp_path, caplog):
+    pytest.importorskip("bitsandbytes")
+    output = tmp_path / "results.json"
+    argv = ["--task", "mmlu_med", "--limit", "1", "--model", str(tiny_model_dir), "--max-tokens", "2",
+            "--use_8bit", "--output", str(output), "--runs", str(tmp_path / "runs.jsonl")]
+    with caplog.at_level(logging.INFO, logger="scheduler.engine"):
+        assert evaluate_local.main(argv) == 0
+    assert "(quantization bnb-8bit)" in caplog.text  # the engine's start-up line
+    summary = json.loads(output.read_text())["summary"]
+    assert summary["quantization"] == "bnb-8bit" and "bnb-8bit" in summary["backend"]
+    assert summary["tasks"]["mmlu_med"]["failed_items"] == 0
