@@ -64,8 +64,9 @@ class ServerConfig:
     max_num_seqs: int = _engine("max_num_seqs", "sequences running at once per engine")
     max_num_batched_tokens: int = _engine("max_num_batched_tokens", "tokens computed per engine step")
     prefix_caching: bool = _engine("enable_prefix_caching", "reuse the KV blocks of shared prompt prefixes")
-    attention_backend: str = _engine("attention_backend", "auto: Triton kernels on CUDA, else the torch reference",
-                                     choices=("auto", "torch", "triton"))
+    attention_backend: str = _engine(
+        "attention_backend", "torch (reference), triton, flash (FlashAttention-4, sm90+), or DECODE:PREFILL such as "
+        "triton:flash; auto: Triton decode and FA4 prefill where FA4 runs, Triton elsewhere on CUDA, torch on CPU")
     enforce_eager: bool = _engine("enforce_eager", "CUDA: no CUDA graphs, no torch.compile")
     quantization: str = _engine("quantization", "the large model's decoder weights: bnb-8bit (LLM.int8) or "
                                                 "bnb-4bit (NF4) save memory at a speed cost; fp8 needs sm89+",

@@ -44,7 +44,7 @@ class EngineConfig(SchedulerConfig):
     kv_cache_gib: float | None = None    # fixed KV budget; default 1 GiB on CPU, measured on CUDA
     gpu_memory_utilization: float = 0.9  # CUDA: fraction of the GPU's memory in use once the cache exists
     num_kv_blocks: int | None = None     # overrides both budgets (tests force preemption with it)
-    attention_backend: str = "auto"      # "triton" on CUDA when installed, else the torch reference
+    attention_backend: str = "auto"      # see models.attention.get_backend: torch, triton, flash, DECODE:PREFILL
     enforce_eager: bool = False          # CUDA: no decode graphs (they need a backend that supports them)
     async_scheduling: bool | None = None  # schedule step N+1 while the GPU runs step N; default: on for CUDA
     quantization: str = "none"           # the decoder layers' weights: none, bnb-8bit, bnb-4bit or fp8
@@ -89,7 +89,8 @@ class LLMEngine:
         self.config = config
         device, dtype = config.resolved_device(), config.resolved_dtype()
         self.device = device
-        backend = get_backend(config.attention_backend, device.type)
+        backend = get_backend(config.attention_backend, device.type, device.index or 0)
+        logger.info("attention backend: %s", getattr(backend, "name", type(backend).__name__))
         self.model, self.model_config, self.tokenizer, max_len = load_model(
             config.model, load_format=config.load_format, dtype=dtype, device=device,
             backend=backend, max_model_len=config.max_model_len, seed=config.seed, tokenizer=config.tokenizer,

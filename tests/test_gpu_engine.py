@@ -1,5 +1,5 @@
-"""GPU engine checks (skipped without CUDA): the Triton backend with CUDA graphs produces the same
-greedy tokens as the torch reference on the same random-weight Qwen3 model."""
+"""GPU engine checks (skipped without CUDA): the Triton backend with CUDA graphs, and FlashAttention-4
+where it runs, produce the same greedy tokens as the torch reference on the same random-weight Qwen3 model."""
 
 import pytest
 import torch
@@ -42,14 +42,39 @@ def test_triton_and_graphs_equal_reference_fp32(tiny_ids_model_dir):
     assert _tokens(fast, prompts) == ref
 
 
-def test_triton_and_graphs_agree_with_reference_bf16_qwen3_0_6b():
-    kw = dict(load_format="dummy", dtype="bfloat16", max_model_len=2048, kv_cache_gib=4, max_num_seqs=64)
-    ref_llm = LLM("Qwen/Qwen3-0.6B", attention_backend="torch", **kw)
+BF16 = dict(load_format="dummy", dtype="bfloat16", max_model_len=2048, kv_cache_gib=4, max_num_seqs=64)
+
+
+@pytest.fixture(scope="module")
+def bf16_reference():
+    """Prompts and the torch reference's greedy tokens on Qwen3-0.6B's shapes (dummy weights, seed 0)."""
+    ref_llm = LLM("Qwen/Qwen3-0.6B", attention_backend="torch", **BF16)
     prompts = _prompts(32, ref_llm.engine.model_config.vocab_size)
-    ref = _tokens(ref_llm, prompts)
-    del ref_llm
-    fast = _tokens(LLM("Qwen/Qwen3-0.6B", attention_backend="triton", **kw), prompts)
+    return prompts, _tokens(ref_llm, prompts)
+
+
+def _flash_missing() -> str | None:
+    from models.attention.flash_backend import flash_unavailable_reason
+    return flash_unavailable_reason()
+
+
+# Greedy tokens of random-weight models sit on near-ties, so any change of rounding flips some and a
+# flip ends the agreement of the rest of that sequence. The Triton kernels round as the reference does
+# (99.93% on the H200); FA4's outputs differ from Triton's by 2.6-3.0e-3 relative (bench.attention_backends,
+# within bf16 rounding; its kernels pass the reference matrix in test_flash_attention.py), and measured
+# 96.55% (flash) and 96.81% (triton:flash). A wrong kernel falls far below either bar.
+MIN_AGREEMENT = {"triton": 0.99, "auto": 0.95, "flash": 0.95, "triton:flash": 0.95}
+
+
+@pytest.mark.parametrize("backend", ["triton", "flash", "triton:flash", "auto"])
+def test_graphs_agree_with_reference_bf16_qwen3_0_6b(backend, bf16_reference):
+    if backend != "triton" and _flash_missing():
+        pytest.skip(_flash_missing())
+    prompts, ref = bf16_reference
+    llm = LLM("Qwen/Qwen3-0.6B", attention_backend=backend, **BF16)
+    assert llm.engine.runner.decode_graphs is not None
+    fast = _tokens(llm, prompts)
     same = sum(next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) for x, y in zip(ref, fast))
     total = sum(len(x) for x in ref)
-    print(f"bf16 greedy agreement up to first divergence: {same / total:.2%}")
-    assert same / total >= 0.99
+    print(f"{backend}: bf16 greedy agreement up to first divergence: {same / total:.2%}")
+    assert same / total >= MIN_AGREEMENT[backend]

@@ -28,6 +28,8 @@ class AttentionMetadata:
     # the decode rows' host lengths are an upper bound (max_model_len), so launch shapes stay fixed.
     query_start_loc_cpu: list[int] = dataclasses.field(default_factory=list)
     seq_lens_cpu: list[int] = dataclasses.field(default_factory=list)
+    # Tensors a backend derives once per step and reuses in every layer (keyed by the backend).
+    scratch: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_seqs(self) -> int:
