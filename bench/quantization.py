@@ -146,8 +146,9 @@ def speed_one_mode(args, mode: str) -> None:
     llm = LLM(args.model, load_format="dummy", tokenizer=args.tokenizer, quantization=mode,
               attention_backend=args.attention_backend, gpu_memory_utilization=args.gpu_memory_utilization)
     engine = llm.engine
-    _report(device=torch.cuda.get_device_name(), weight_gib=weight_bytes(engine.model) / 2**30,
-            kv_blocks=engine.num_kv_blocks, start_s=time.perf_counter() - start)
+    _report(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            weight_gib=weight_bytes(engine.model) / 2**30, kv_blocks=engine.num_kv_blocks,
+            start_s=time.perf_counter() - start)
     for k, v in engine.runner.kv_caches:
         k.normal_()
         v.normal_()
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=int, default=1024, help="cached tokens per sequence in the decode steps")
     ap.add_argument("--iters", type=int, default=20, help="timed decode steps per batch size")
     ap.add_argument("--num-seqs", type=int, default=256, help="nano-vllm workload size")
-    ap.add_argument("--mode-timeout", type=float, default=150.0, help="seconds each mode's subprocess may take")
+    ap.add_argument("--mode-timeout", type=float, default=130.0, help="seconds each mode's subprocess may take")
     ap.add_argument("--quick", action="store_true", help="64 sequences, 10 decode iterations, 100 s per mode")
     ap.add_argument("--quality", action="store_true", help="measure quality (on --quality-model) instead of speed")
     ap.add_argument("--quality-model", default="embedded")
