@@ -68,6 +68,8 @@ class ServerConfig:
         "attention_backend", "torch (reference), triton, flash (FlashAttention-4, sm90+), or DECODE:PREFILL such as "
         "triton:flash; auto: Triton decode and FA4 prefill where FA4 runs, Triton elsewhere on CUDA, torch on CPU")
     enforce_eager: bool = _engine("enforce_eager", "CUDA: no CUDA graphs, no torch.compile")
+    engine_process: bool = _field(False, "run each engine in a process of its own (its own GIL), behind a pipe, "
+                                         "instead of on a thread of the server's process")
     quantization: str = _engine("quantization", "the large model's decoder weights: bnb-8bit (LLM.int8) or "
                                                 "bnb-4bit (NF4) save memory at a speed cost; fp8 needs sm89+",
                                 choices=QUANTIZATION_MODES)

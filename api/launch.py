@@ -20,7 +20,8 @@ from api.http_protocol import protocol_with_header_timeout
 from api.metrics import Metrics
 from api.planning import Planner
 from scheduler.async_engine import AsyncEngine
-from scheduler.engine import LLMEngine
+from scheduler.engine import EngineConfig, LLMEngine
+from scheduler.engine_process import EngineProcess
 from tasks.policy import load_policies
 
 logger = logging.getLogger("switchyard")
@@ -42,10 +43,10 @@ def build_service(config: ServerConfig) -> CompletionService:
     if config.small_model and config.small_model != config.model:
         shared_gpu = config.small_device in (None, config.device)
         logger.info("loading the small model %s", config.small_model)
-        engines["small"] = AsyncEngine(LLMEngine(config.engine_config(small=True, shared_gpu=shared_gpu)), "small")
+        engines["small"] = _engine(config, config.engine_config(small=True, shared_gpu=shared_gpu), "small")
         names["small"] = config.small_served_model_name or display_name(config.small_model)
     logger.info("loading the large model %s", config.model)
-    engines["large"] = AsyncEngine(LLMEngine(config.engine_config(small=False, shared_gpu=False)), "large")
+    engines["large"] = _engine(config, config.engine_config(small=False, shared_gpu=False), "large")
     names["large"] = config.served_model_name or display_name(config.model)
     engines.setdefault("small", engines["large"])
     names.setdefault("small", names["large"])
@@ -53,6 +54,12 @@ def build_service(config: ServerConfig) -> CompletionService:
                       max_completions_per_request=config.max_completions_per_request)
     return CompletionService(engines, names, planner, Metrics(), max_queued_prompts=config.max_queued_prompts,
                              request_timeout=config.request_timeout)
+
+
+def _engine(config: ServerConfig, engine_config: EngineConfig, role: str) -> AsyncEngine:
+    if config.engine_process:
+        return EngineProcess(engine_config, role)
+    return AsyncEngine(LLMEngine(engine_config), role)
 
 
 def app_for(service: CompletionService, config: ServerConfig) -> Starlette:

@@ -108,12 +108,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(settings: dict, port: int = 0, ready_timeout: float = 900.0):
-    """Start `python -m api` with these engine settings; yields its URL once GET /health answers 200."""
+def running_server(settings: dict, port: int = 0, ready_timeout: float = 900.0, server_flags: tuple = ()):
+    """Start `python -m api` with these engine settings (and `server_flags`); yields its URL once
+    GET /health answers 200."""
     port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
     # From this checkout's root, so the server runs the same code as this process.
-    proc = subprocess.Popen([sys.executable, "-m", "api", *server_argv(settings), "--port", str(port)], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "api", *server_argv(settings), *server_flags, "--port", str(port)],
+                            cwd=ROOT)
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
@@ -198,10 +200,10 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 
 
 def compare(settings: dict, workloads: dict[str, list[list[Request]]], *, port: int = 0,
-            concurrency: int = 0, timeout: float = 3600.0) -> list[dict]:
+            concurrency: int = 0, timeout: float = 3600.0, server_flags: tuple = ()) -> list[dict]:
     """Every workload over HTTP (unstreamed, streamed), then in-process; one row per workload and mode."""
     rows = []
-    with running_server(settings, port) as url:
+    with running_server(settings, port, server_flags=server_flags) as url:
         for name, batches in workloads.items():
             for stream in (False, True):
                 seconds, tokens = asyncio.run(served_run(url, batches, stream=stream, concurrency=concurrency,
@@ -267,17 +269,19 @@ def main(argv=None) -> None:
     ap.add_argument("--max-model-len", type=int)
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=4096)
-    ap.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    ap.add_argument("--attention-backend", default="auto", help="see python -m api --help")
+    ap.add_argument("--engine-process", action="store_true", help="the server runs its engine in a child process")
     ap.add_argument("--kv-cache-gib", type=float, help="fixed KV cache size (default: 1 GiB on CPU, measured on CUDA)")
     ap.add_argument("--json", help="write the settings and rows here")
     args = ap.parse_args(argv)
     settings = engine_settings(args)
     rows = compare(settings, build_workloads(args), port=args.port, concurrency=args.concurrency,
-                   timeout=args.timeout)
+                   timeout=args.timeout, server_flags=("--engine-process",) if args.engine_process else ())
     # Asked only now: until the server has exited, this process leaves the GPU alone.
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
     print(f"\n{args.model} ({args.load_format}), device {device}, prefix caching off, "
-          f"HTTP concurrency {args.concurrency or 'all at once'}")
+          f"HTTP concurrency {args.concurrency or 'all at once'}, "
+          f"server engine {'in a child process' if args.engine_process else 'on a thread'}")
     print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "settings": settings, "args": vars(args),

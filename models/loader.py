@@ -101,16 +101,24 @@ def load_model(model: str, *, load_format: str = "auto", dtype: torch.dtype, dev
     else:
         net.load_weights(_iter_safetensors(_safetensors_files(model_dir), dtype))
     quantize_model(net, quantization)
+    tok = model_tokenizer(model, load_format, tokenizer)
+    if tok is not None and tokenizer is not None and len(tok) > cfg.vocab_size:
+        raise ModelLoadError(f"{tokenizer}: its {len(tok)} tokens do not fit the model's vocabulary "
+                             f"of {cfg.vocab_size}")
+    return net, cfg, tok, max_len
+
+
+def model_tokenizer(model: str, load_format: str = "auto", tokenizer: str | None = None):
+    """The tokenizer load_model gives the model: `tokenizer`'s if named, else the model directory's;
+    None for dummy weights of a built-in preset without one."""
     if tokenizer is not None:
         tok = load_tokenizer(resolve_model_dir(tokenizer))
         if tok is None:
             raise ModelLoadError(f"{tokenizer}: no tokenizer files there")
-        if len(tok) > cfg.vocab_size:
-            raise ModelLoadError(f"{tokenizer}: its {len(tok)} tokens do not fit the model's vocabulary "
-                                 f"of {cfg.vocab_size}")
-    else:
-        tok = load_tokenizer(model_dir) if model_dir is not None else None
-    return net, cfg, tok, max_len
+        return tok
+    if load_format == "dummy" and preset_config(model) is not None:
+        return None
+    return load_tokenizer(resolve_model_dir(model))
 
 
 def load_tokenizer(model_dir: Path):

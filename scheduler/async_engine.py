@@ -34,17 +34,16 @@ class AsyncEngine:
     gets EngineDeadError at once and `on_death` callbacks run, so a server can exit and be restarted.
     """
 
-    def __init__(self, engine: LLMEngine, name: str = "engine"):
+    def __init__(self, engine: LLMEngine | None, name: str = "engine"):
         self.engine = engine
         self.name = name
         self.on_death: list[Callable[[BaseException], None]] = []
-        self._inbox: collections.deque = collections.deque()  # ("add", ...) / ("abort", id), loop -> thread
-        self._work = threading.Event()
         self._streams: dict[str, asyncio.Queue | Callable] = {}  # per request; on the event loop only
+        self._accepting: dict[str, asyncio.Future] = {}  # adds the engine has not answered yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = False
         self._death: BaseException | None = None
+        self._steps = StepLoop(engine, name, self._emit) if engine is not None else None
 
     @property
     def tokenizer(self):
@@ -69,18 +68,37 @@ class AsyncEngine:
 
     # ---- the event loop's side
 
-    def _ensure_thread(self) -> None:
+    def _ensure_started(self) -> None:
         if self._death is not None:
             raise EngineDeadError(f"engine {self.name!r} has stopped: {self._death}")
         self._loop = asyncio.get_running_loop()  # outputs go to the loop that last submitted
         if self._thread is None:
-            self._stopping = False
-            self._thread = threading.Thread(target=self._run, name=f"switchyard-{self.name}", daemon=True)
+            self._steps.stopping = False
+            self._thread = threading.Thread(target=self._steps.run, name=f"switchyard-{self.name}", daemon=True)
             self._thread.start()
 
-    def _send(self, item: tuple) -> None:
-        self._inbox.append(item)
-        self._work.set()
+    def _post(self, item: tuple) -> None:
+        """Hand ("add", request_id, prompt, params, options) or ("abort", request_id) to the engine."""
+        self._steps.post(item)
+
+    def _emit(self, *message) -> None:
+        # The stepping thread's report, run on the event loop (see StepLoop for the messages).
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._on_message, message)
+
+    def _on_message(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "outputs":
+            self._deliver(message[1])
+        elif kind == "accepted":
+            _, request_id, error = message
+            future = self._accepting.pop(request_id, None)
+            if future is not None:
+                _settle(future, error)
+        elif kind == "failed":
+            self._fail_streams(message[1], message[2])
+        elif kind == "died":
+            self._die(message[1])
 
     async def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                      request_id: str | None = None, on_output: Callable[[RequestOutput | BaseException], None]
@@ -96,15 +114,17 @@ class AsyncEngine:
         is handed to `on_output` on the event loop as soon as the step that made it is done, without
         a queue and a consumer task per request; `abort` then ends the request.
         """
-        self._ensure_thread()
+        self._ensure_started()
         request_id = request_id or uuid.uuid4().hex
         queue: asyncio.Queue | None = asyncio.Queue() if on_output is None else None
         accepted = self._loop.create_future()
-        self._streams[request_id] = queue or on_output  # before the thread can produce its first output
-        self._send(("add", request_id, prompt, params, options, accepted))
+        self._accepting[request_id] = accepted
+        self._streams[request_id] = queue or on_output  # before the engine can produce its first output
+        self._post(("add", request_id, prompt, params, options))
         try:
             await accepted
         except asyncio.CancelledError:
+            self._accepting.pop(request_id, None)
             self.abort(request_id)
             raise
         except BaseException:
@@ -150,7 +170,7 @@ class AsyncEngine:
         """Cancel a request; its blocks are freed before the next step."""
         self._streams.pop(request_id, None)
         if self._thread is not None and self._death is None:
-            self._send(("abort", request_id))
+            self._post(("abort", request_id))
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
@@ -170,10 +190,9 @@ class AsyncEngine:
     def _die(self, cause: BaseException) -> None:
         self._death = cause
         error = EngineDeadError(f"engine {self.name!r} has stopped: {type(cause).__name__}: {cause}")
-        while self._inbox:  # nobody will apply these any more
-            item = self._inbox.popleft()
-            if item[0] == "add" and not item[-1].done():
-                item[-1].set_exception(error)
+        for future in self._accepting.values():  # nobody will answer these any more
+            _settle(future, error)
+        self._accepting.clear()
         self._fail_streams(error)
         for callback in self.on_death:
             callback(cause)
@@ -181,56 +200,76 @@ class AsyncEngine:
     async def shutdown(self) -> None:
         """Stop the thread and fail whatever is still in flight."""
         if self._thread is not None:
-            self._stopping = True
-            self._work.set()
+            self._steps.stop()
             await asyncio.to_thread(self._thread.join)
             self._thread = None
         self.engine.abort_all_requests()
-        self._inbox.clear()
+        self._steps.inbox.clear()
         self._fail_streams(RuntimeError("engine shut down"))
 
-    # ---- the engine thread's side
 
-    def _call_loop(self, callback, *args) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
-            self._loop.call_soon_threadsafe(callback, *args)
+class StepLoop:
+    """The engine's side of AsyncEngine: applies the queued adds and aborts between steps, steps
+    while there is work, and reports through `emit(*message)`, one of
+        ("accepted", request_id, None or the exception that refused it)
+        ("outputs", [RequestOutput])                       a step's outputs
+        ("failed", exception, [request_id])                a step failed: these requests end with it
+        ("died", exception)                                the loop itself broke (a bug): nothing more comes
+        ("idle",)                                          no request left: it waits for the next add
+    It runs on AsyncEngine's thread (emit hands the message to the event loop) or in the process of
+    an EngineProcess (emit sends it down a pipe). It never waits for its reader, so the GPU is fed
+    however busy the reader is."""
+
+    def __init__(self, engine: LLMEngine, name: str, emit: Callable[..., None]):
+        self.engine, self.name, self.emit = engine, name, emit
+        self.inbox: collections.deque = collections.deque()
+        self.work = threading.Event()
+        self.stopping = False
+
+    def post(self, item: tuple) -> None:
+        self.inbox.append(item)
+        self.work.set()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.work.set()
 
     def _apply_inbox(self) -> None:
-        while self._inbox:
-            item = self._inbox.popleft()
+        while self.inbox:
+            item = self.inbox.popleft()
             if item[0] == "abort":
                 self.engine.abort_request(item[1])
                 continue
-            _, request_id, prompt, params, options, accepted = item
+            _, request_id, prompt, params, options = item
             try:
                 self.engine.add_request(request_id, prompt, params, **options)
             except Exception as e:  # whatever one request's data provokes is that request's failure alone
                 self.engine.abort_request(request_id)
-                self._call_loop(_settle, accepted, e)
+                self.emit("accepted", request_id, e)
                 continue
-            self._call_loop(_settle, accepted, None)
+            self.emit("accepted", request_id, None)
 
-    def _run(self) -> None:
+    def run(self) -> None:
         try:
-            while not self._stopping:
+            while not self.stopping:
                 self._apply_inbox()
                 if not self.engine.has_unfinished_requests():
-                    self._work.wait()
-                    self._work.clear()
+                    self.emit("idle")
+                    self.work.wait()
+                    self.work.clear()
                     continue
                 try:
                     outputs = self.engine.step()
                 except Exception as e:  # a failed step fails the requests in flight, not the server
                     logger.exception("engine %r: a step failed", self.name)
                     failed = self.engine.abort_all_requests()
-                    error = RuntimeError(f"engine step failed: {type(e).__name__}: {e}")
-                    self._call_loop(self._fail_streams, error, failed)
+                    self.emit("failed", RuntimeError(f"engine step failed: {type(e).__name__}: {e}"), failed)
                     continue
                 if outputs:
-                    self._call_loop(self._deliver, outputs)
+                    self.emit("outputs", outputs)
         except BaseException as e:
-            logger.exception("engine %r: the stepping thread died", self.name)
-            self._call_loop(self._die, e)
+            logger.exception("engine %r: its step loop died", self.name)
+            self.emit("died", e)
 
 
 def _hand(target: asyncio.Queue | Callable, item: RequestOutput | BaseException) -> None:
