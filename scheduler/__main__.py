@@ -11,6 +11,7 @@ import sys
 import time
 
 from models.errors import ModelLoadError
+from models.quantization import MODES
 from models.sampler import SamplingParams
 from scheduler.llm import LLM
 
@@ -30,11 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop", action="append", default=[])
     ap.add_argument("--device")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--quantization", default="none", choices=MODES,
+                    help="the decoder layers' weights (see README: Quantization and presets)")
     args = ap.parse_args(argv)
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                 top_k=args.top_k, seed=args.seed, stop=args.stop)
-        llm = LLM(args.model, load_format=args.load_format, device=args.device, dtype=args.dtype)
+        llm = LLM(args.model, load_format=args.load_format, device=args.device, dtype=args.dtype,
+                  quantization=args.quantization)
         start = time.perf_counter()
         if args.chat:
             outputs = llm.chat([[{"role": "user", "content": p}] for p in args.prompt], params)

@@ -265,3 +265,14 @@ def test_kv_cache_gets_the_memory_the_weights_free(mode):
     assert q_weights < weights
     # Most of what the weights freed reaches the cache (activation peaks differ a little by mode).
     assert (q_blocks - blocks) * block_bytes > 0.7 * (weights - q_weights), (blocks, q_blocks, weights, q_weights)
+
+
+def test_command_line_takes_the_mode(tiny_model_dir, capsys):
+    from scheduler.__main__ import main
+
+    _skip_unless_runnable("fp8", "cuda" if torch.cuda.is_available() else "cpu")
+    assert main(["--model", str(tiny_model_dir), "--prompt", "Hello", "--max-tokens", "3",
+                 "--quantization", "fp8"]) == 0
+    assert "[3 tokens, finish_reason=length]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--model", str(tiny_model_dir), "--prompt", "Hello", "--quantization", "int3"])
