@@ -51,7 +51,13 @@ class EngineConfig(SchedulerConfig):
     seed: int = 0
 
     def resolved_device(self) -> torch.device:
-        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        """The device to run on (CUDA when present, unless told), checked to exist on this machine."""
+        try:
+            device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as e:
+            raise ValueError(f"device {self.device!r}: {str(e).splitlines()[0]}") from None
+        check_device(device)
+        return device
 
     def resolved_dtype(self) -> torch.dtype:
         name = self.dtype or ("bfloat16" if self.resolved_device().type == "cuda" else "float32")
@@ -79,6 +85,20 @@ class _RequestState:
     stream: bool = True        # False: one output, when every sample has finished
     first_token_time: float | None = None
     error: str | None = None   # why the request failed, if its own data broke a step
+
+
+def check_device(device: torch.device) -> None:
+    """Raise ValueError naming the problem unless `device` exists here (e.g. `--small-device cuda:1` on a
+    machine with one GPU), before anything is loaded onto it."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise ValueError(f"device {device} does not exist: this machine has {count} GPU"
+                             f"{'s' if count != 1 else ''} (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+    elif device.type != "cpu":
+        raise ValueError(f"device {device}: only cpu and cuda devices are supported")
 
 
 class LLMEngine:
