@@ -194,6 +194,7 @@ class CompletionService:
     async def drain(self, grace: float) -> None:
         """Stop admitting; let requests in flight finish for up to `grace` seconds, then end them with 503."""
         self.closing = unavailable("the server is shutting down")
+        logger.info("shutting down: %d completions in flight get up to %g s to finish", self.in_flight, grace)
         deadline = time.monotonic() + grace
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

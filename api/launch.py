@@ -104,8 +104,11 @@ class Server(uvicorn.Server):
         finally:
             drain.cancel()
             # Stop the engine threads before the interpreter exits: one killed mid-step can abort it.
+            # Each stage is logged: a shutdown that hangs shows where.
             for engine in {id(e): e for e in self.service.engines.values()}.values():
+                logger.info("HTTP closed; stopping engine %r (after its current step)", engine.name)
                 await engine.shutdown()
+                logger.info("engine %r stopped", engine.name)
 
 
 def _raise_file_limit() -> None:
