@@ -101,24 +101,27 @@ def load_model(model: str, *, load_format: str = "auto", dtype: torch.dtype, dev
     else:
         net.load_weights(_iter_safetensors(_safetensors_files(model_dir), dtype))
     quantize_model(net, quantization)
-    tok = model_tokenizer(model, load_format, tokenizer)
+    tok = model_tokenizer(model, load_format, tokenizer, model_dir=model_dir)
     if tok is not None and tokenizer is not None and len(tok) > cfg.vocab_size:
         raise ModelLoadError(f"{tokenizer}: its {len(tok)} tokens do not fit the model's vocabulary "
                              f"of {cfg.vocab_size}")
     return net, cfg, tok, max_len
 
 
-def model_tokenizer(model: str, load_format: str = "auto", tokenizer: str | None = None):
-    """The tokenizer load_model gives the model: `tokenizer`'s if named, else the model directory's;
-    None for dummy weights of a built-in preset without one."""
+def model_tokenizer(model: str, load_format: str = "auto", tokenizer: str | None = None,
+                    model_dir: Path | None = None):
+    """The tokenizer load_model gives the model: `tokenizer`'s if named, else the model directory's
+    (`model_dir` when the caller has resolved it already); None for dummy weights of a built-in preset."""
     if tokenizer is not None:
         tok = load_tokenizer(resolve_model_dir(tokenizer))
         if tok is None:
             raise ModelLoadError(f"{tokenizer}: no tokenizer files there")
         return tok
-    if load_format == "dummy" and preset_config(model) is not None:
-        return None
-    return load_tokenizer(resolve_model_dir(model))
+    if model_dir is None:
+        if load_format == "dummy" and preset_config(model) is not None:
+            return None
+        model_dir = resolve_model_dir(model)
+    return load_tokenizer(model_dir)
 
 
 def load_tokenizer(model_dir: Path):

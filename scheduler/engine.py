@@ -110,7 +110,7 @@ class LLMEngine:
         device, dtype = config.resolved_device(), config.resolved_dtype()
         self.device = device
         backend = get_backend(config.attention_backend, device.type, device.index or 0)
-        logger.info("attention backend: %s", getattr(backend, "name", type(backend).__name__))
+        logger.info("attention backend: %s", backend.name)
         self.model, self.model_config, self.tokenizer, max_len = load_model(
             config.model, load_format=config.load_format, dtype=dtype, device=device,
             backend=backend, max_model_len=config.max_model_len, seed=config.seed, tokenizer=config.tokenizer,

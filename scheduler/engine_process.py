@@ -60,7 +60,6 @@ class EngineProcess(AsyncEngine):
         # The server's own copy, for chat templates, tokenizing prompts and decoding in fix-ups; the
         # child detokenizes its outputs with the same files.
         self._tokenizer = model_tokenizer(config.model, config.load_format, config.tokenizer)
-        self._send_lock = threading.Lock()
 
     @property
     def tokenizer(self):
@@ -87,8 +86,7 @@ class EngineProcess(AsyncEngine):
             self._thread.start()
 
     def _post(self, item: tuple) -> None:
-        with self._send_lock:
-            self._conn.send(item)
+        self._conn.send(item)  # from the event loop only, as every AsyncEngine call
 
     def _read(self) -> None:
         """The reader thread: each message of the child, on the event loop, in order. Every message

@@ -32,10 +32,9 @@ def get_backend(name: str = "auto", device_type: str = "cpu", device_index: int 
         from models.attention.flash_backend import flash_unavailable_reason
 
         if flash_unavailable_reason(device_index) is None:
-            from models.attention.flash_backend import flash_prefill
             from models.attention.paged import PagedAttention, by_work
-            from models.attention.triton_backend import triton_decode, triton_prefill
 
+            (triton_decode, triton_prefill), (_, flash_prefill) = _kernels("triton"), _kernels("flash")
             return PagedAttention("auto (triton decode; prefill: triton, flash from 2M pairs)", triton_decode,
                                   by_work(triton_prefill, flash_prefill, AUTO_FLASH_PREFILL_PAIRS))
         name = "triton"
@@ -54,11 +53,14 @@ def get_backend(name: str = "auto", device_type: str = "cpu", device_index: int 
             raise ValueError(f"attention backend {name!r}: {reason}")
     from models.attention.paged import PagedAttention
 
-    kernels = {}
-    for phase, impl in zip(("decode", "prefill"), phases):
-        if impl == "triton":
-            from models.attention import triton_backend as module
-        else:
-            from models.attention import flash_backend as module
-        kernels[phase] = getattr(module, f"{impl}_{phase}")
-    return PagedAttention(phases[0] if phases[0] == phases[1] else name, **kernels)
+    return PagedAttention(phases[0] if phases[0] == phases[1] else name, decode=_kernels(phases[0])[0],
+                          prefill=_kernels(phases[1])[1])
+
+
+def _kernels(impl: str):
+    """(decode, prefill) phase kernels of "triton" or "flash", imported on first use."""
+    if impl == "triton":
+        from models.attention.triton_backend import triton_decode, triton_prefill
+        return triton_decode, triton_prefill
+    from models.attention.flash_backend import flash_decode, flash_prefill
+    return flash_decode, flash_prefill

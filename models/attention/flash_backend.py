@@ -69,6 +69,6 @@ def flash_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if cu_seqlens is None:
         cu_seqlens = meta.query_start_loc[nd:] - first if first else meta.query_start_loc[nd:]
         meta.scratch["flash_prefill_cu_seqlens"] = cu_seqlens
-    max_query_len = max(starts[i + 1] - starts[i] for i in range(nd, meta.num_seqs))
-    _attend(q[first:], k_cache, v_cache, cu_seqlens, meta.seq_lens[nd:], meta.block_tables[nd:], max_query_len,
+    # The step's max_query_len is the prefills' (a decode row has one query, a prefill chunk at least one).
+    _attend(q[first:], k_cache, v_cache, cu_seqlens, meta.seq_lens[nd:], meta.block_tables[nd:], meta.max_query_len,
             max(meta.seq_lens_cpu[nd:]), scale, out[first:])

@@ -17,8 +17,8 @@ def triton_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 
 def triton_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
                    scale: float, out: torch.Tensor) -> None:
-    # Offsets in query_start_loc are absolute, so the kernel reads q and fills out in place.
-    nd, starts = meta.num_decodes, meta.query_start_loc_cpu
-    max_query_len = max(starts[i + 1] - starts[i] for i in range(nd, meta.num_seqs))
+    # Offsets in query_start_loc are absolute, so the kernel reads q and fills out in place. The step's
+    # max_query_len is the prefills' (a decode row has one query, a prefill chunk at least one).
+    nd = meta.num_decodes
     paged_prefill_attention(q, k_cache, v_cache, meta.block_tables[nd:], meta.query_start_loc[nd:],
-                            meta.seq_lens[nd:], scale, out, max_query_len=max_query_len)
+                            meta.seq_lens[nd:], scale, out, max_query_len=meta.max_query_len)
