@@ -29,7 +29,6 @@ Request sets (--workload):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import math
@@ -43,15 +42,14 @@ from pathlib import Path
 import httpx
 import torch
 
+from bench.http_client import DEFAULT_CLIENT_PROCESSES, Request, served_run_split
 from bench.offline_throughput import make_requests, run_switchyard
 from bench.replay import COURSE_TRACE, load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ("course", "nanovllm")
 MODES = ("in-process", "HTTP unstreamed", "HTTP streamed")
-WARM_UP_PROMPTS, WARM_UP_TOKENS = 4, 8
 
-Request = tuple[list[int], int]  # (prompt token ids, output tokens)
 
 
 def course_batches(tokenizer, trace: str | Path = COURSE_TRACE, limit: int | None = None,
@@ -137,53 +135,6 @@ def running_server(settings: dict, port: int = 0, ready_timeout: float = 900.0, 
             proc.wait()
 
 
-async def _send(client: httpx.AsyncClient, url: str, batch: list[Request], stream: bool) -> int:
-    """One completion request for the batch (all its prompts share one max_tokens); returns its output tokens."""
-    body = {"prompt": [ids for ids, _ in batch], "max_tokens": batch[0][1], "temperature": 0, "ignore_eos": True}
-    if not stream:
-        r = await client.post(url + "/v1/completions", json=body)
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
-        return r.json()["usage"]["completion_tokens"]
-    body.update(stream=True, stream_options={"include_usage": True})
-    async with client.stream("POST", url + "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode(errors='replace')[:300]}")
-        tokens = None
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[len("data: "):])
-            if "error" in event:
-                raise RuntimeError(f"stream error: {event['error']}")
-            if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
-    if tokens is None:
-        raise RuntimeError("the stream ended without a usage chunk")
-    return tokens
-
-
-async def served_run(url: str, batches: list[list[Request]], *, stream: bool, concurrency: int = 0,
-                     timeout: float = 3600.0) -> tuple[float, int]:
-    """Warm up, then send every batch (at most `concurrency` at a time; 0: all at once).
-
-    Returns (seconds from the first send to the last answer, output tokens)."""
-    limit = asyncio.Semaphore(concurrency or len(batches))
-    # Unbounded: a client-side pool would queue requests the benchmark means to have in flight.
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-                                 timeout=httpx.Timeout(timeout)) as client:
-        warm_up = [(ids, WARM_UP_TOKENS) for batch in batches for ids, _ in batch][:WARM_UP_PROMPTS]
-        await _send(client, url, warm_up, stream)
-
-        async def fire(batch):
-            async with limit:
-                return await _send(client, url, batch, stream)
-
-        start = time.perf_counter()
-        tokens = await asyncio.gather(*(fire(b) for b in batches))
-        return time.perf_counter() - start, sum(tokens)
-
-
 def row(workload: str, mode: str, batches: list[list[Request]], seconds: float, tokens: int) -> dict:
     """One line of the report."""
     return {"workload": workload, "mode": mode, "requests": len(batches), "prompts": sum(map(len, batches)),
@@ -200,14 +151,15 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 
 
 def compare(settings: dict, workloads: dict[str, list[list[Request]]], *, port: int = 0,
-            concurrency: int = 0, timeout: float = 3600.0, server_flags: tuple = ()) -> list[dict]:
+            concurrency: int = 0, timeout: float = 3600.0, server_flags: tuple = (),
+            client_processes: int = 1) -> list[dict]:
     """Every workload over HTTP (unstreamed, streamed), then in-process; one row per workload and mode."""
     rows = []
     with running_server(settings, port, server_flags=server_flags) as url:
         for name, batches in workloads.items():
             for stream in (False, True):
-                seconds, tokens = asyncio.run(served_run(url, batches, stream=stream, concurrency=concurrency,
-                                                         timeout=timeout))
+                seconds, tokens = served_run_split(url, batches, stream=stream, concurrency=concurrency,
+                                                   timeout=timeout, processes=client_processes)
                 rows.append(row(name, MODES[2 if stream else 1], batches, seconds, tokens))
                 print(f"{name}, {rows[-1]['mode']}: {tokens} tokens in {seconds:.2f} s", file=sys.stderr, flush=True)
     from scheduler.llm import LLM
@@ -272,15 +224,19 @@ def main(argv=None) -> None:
     ap.add_argument("--attention-backend", default="auto", help="see python -m api --help")
     ap.add_argument("--engine-process", action="store_true", help="the server runs its engine in a child process")
     ap.add_argument("--kv-cache-gib", type=float, help="fixed KV cache size (default: 1 GiB on CPU, measured on CUDA)")
+    ap.add_argument("--client-processes", type=int, default=DEFAULT_CLIENT_PROCESSES,
+                    help="HTTP client processes sharing the requests (default: one per 4 CPUs, at most 4, "
+                         f"here {DEFAULT_CLIENT_PROCESSES})")
     ap.add_argument("--json", help="write the settings and rows here")
     args = ap.parse_args(argv)
     settings = engine_settings(args)
     rows = compare(settings, build_workloads(args), port=args.port, concurrency=args.concurrency,
-                   timeout=args.timeout, server_flags=("--engine-process",) if args.engine_process else ())
+                   timeout=args.timeout, server_flags=("--engine-process",) if args.engine_process else (),
+                   client_processes=args.client_processes)
     # Asked only now: until the server has exited, this process leaves the GPU alone.
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
     print(f"\n{args.model} ({args.load_format}), device {device}, prefix caching off, "
-          f"HTTP concurrency {args.concurrency or 'all at once'}, "
+          f"HTTP concurrency {args.concurrency or 'all at once'} from {args.client_processes} client process(es), "
           f"server engine {'in a child process' if args.engine_process else 'on a thread'}")
     print_table(rows)
     if args.json:
