@@ -55,15 +55,25 @@ class _SmallOps:
     add_rms_norm = staticmethod(_add_rms_norm)
     rope = staticmethod(_rope)
     silu_mul = staticmethod(_silu_mul)
+    compiled = False
 
 
 def compile_small_ops() -> None:
     """Switch every model in this process to fused (torch.compile'd) norm, RoPE and SiLU-and-mul.
 
     Used on CUDA; CPU runs stay eager, where they are exact against the reference by construction.
+    Compiled once a process: every engine shares the wrappers, and each (dtype, width, device) an
+    engine brings is one more variant of the same code. Dynamo's default of 8 variants a function is
+    fewer than a process holding several models needs (the GPU tests, a large and a small engine
+    with their warm-ups): past it, fullgraph compilation fails the step, so the limit is raised.
     """
+    if _SmallOps.compiled:
+        return
+    import torch._dynamo.config as dynamo_config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     for name in ("rms_norm", "add_rms_norm", "rope", "silu_mul"):
         setattr(_SmallOps, name, staticmethod(torch.compile(globals()[f"_{name}"], dynamic=True, fullgraph=True)))
+    _SmallOps.compiled = True
 
 
 class RMSNorm(nn.Module):

@@ -196,8 +196,16 @@ MODEL_ERROR = {"bnb-8bit": 0.03, "bnb-4bit": 0.2, "fp8": 0.1}  # measured: 0.012
 
 @pytest.fixture(scope="module")
 def unquantized_logits(tiny_model_dir):
-    llm = LLM(str(tiny_model_dir), num_kv_blocks=64)
-    return {p: next_token_logits(llm.engine, llm.engine.tokenize(p)) for p in PROMPTS}
+    """device -> {prompt: the unquantized model's next-token logits there, on the CPU}."""
+    cache = {}
+
+    def on(device: str) -> dict:
+        if device not in cache:
+            engine = LLM(str(tiny_model_dir), device=device, num_kv_blocks=64).engine
+            cache[device] = {p: next_token_logits(engine, engine.tokenize(p)).cpu() for p in PROMPTS}
+        return cache[device]
+
+    return on
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -221,7 +229,7 @@ def test_quantized_engine_serves_a_batch(mode, device, tiny_model_dir, unquantiz
         first, logprob = out.outputs[0].token_ids[0], out.outputs[0].logprobs[0][0]
         assert abs(torch.log_softmax(logits, -1)[first].item() - logprob) < 1e-3
         assert logits[first] >= logits.max() - 1e-3  # greedy
-        error = _relative(logits, unquantized_logits[prompt])
+        error = _relative(logits, unquantized_logits(device)[prompt])
         assert 0 < error < MODEL_ERROR[mode], (prompt, error)
 
 
@@ -276,3 +284,20 @@ def test_command_line_takes_the_mode(tiny_model_dir, capsys):
     assert "[3 tokens, finish_reason=length]" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--model", str(tiny_model_dir), "--prompt", "Hello", "--quantization", "int3"])
+
+
+
+@pytest.mark.parametrize("mode", QUANTIZED)
+def test_a_quantized_layer_moves_with_its_state(mode):
+    """Moving a quantized layer's tensors (quantize_model moves them out and back to repack them on
+    CUDA) keeps what it computes: new buffers, and for NF4 the kernel's state reads them."""
+    _skip_unless_runnable(mode, "cpu")
+    layer = KIND[mode](_layer())
+    x = _inputs()
+    before = layer(x)
+    old_weight = layer.weight
+    layer._apply(torch.clone)  # what .to(another device) does: every tensor replaced
+    assert layer.weight is not old_weight
+    if mode == "bnb-4bit":
+        assert layer.quant_state.absmax is layer.absmax
+    assert torch.equal(layer(x), before)
