@@ -116,6 +116,12 @@ def test_two_thousand_idle_connections(tiny_args, tmp_path):
             sock.settimeout(2)
             assert sock.recv(1) == b""
         assert srv.log.stat().st_size < 20_000, srv.log.read_text()[-2000:]
+        # SIGUSR1 prints every thread's stack (the engine's too) and the server carries on.
+        srv.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        dump = srv.log.read_text()
+        assert dump.count("most recent call first") >= 2 and "async_engine.py" in dump, dump[-2000:]
+        assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
     finally:
         for sock in idle:
             sock.close()
