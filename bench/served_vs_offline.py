@@ -29,24 +29,19 @@ Request sets (--workload):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import socket
-import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
-import httpx
 import torch
 
 from bench.http_client import DEFAULT_CLIENT_PROCESSES, Request, served_run_split
 from bench.offline_throughput import make_requests, run_switchyard
 from bench.replay import COURSE_TRACE, load_trace
+from bench.server_process import running_server
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ("course", "nanovllm")
 MODES = ("in-process", "HTTP unstreamed", "HTTP streamed")
 
@@ -99,42 +94,6 @@ def server_argv(settings: dict) -> list[str]:
     return argv
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(settings: dict, port: int = 0, ready_timeout: float = 900.0, server_flags: tuple = ()):
-    """Start `python -m api` with these engine settings (and `server_flags`); yields its URL once
-    GET /health answers 200."""
-    port = port or _free_port()
-    url = f"http://127.0.0.1:{port}"
-    # From this checkout's root, so the server runs the same code as this process.
-    proc = subprocess.Popen([sys.executable, "-m", "api", *server_argv(settings), *server_flags, "--port", str(port)],
-                            cwd=ROOT)
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with status {proc.returncode} before it was ready")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no healthy server at {url} after {ready_timeout:g} s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def row(workload: str, mode: str, batches: list[list[Request]], seconds: float, tokens: int) -> dict:
     """One line of the report."""
     return {"workload": workload, "mode": mode, "requests": len(batches), "prompts": sum(map(len, batches)),
@@ -155,7 +114,8 @@ def compare(settings: dict, workloads: dict[str, list[list[Request]]], *, port: 
             client_processes: int = 1) -> list[dict]:
     """Every workload over HTTP (unstreamed, streamed), then in-process; one row per workload and mode."""
     rows = []
-    with running_server(settings, port, server_flags=server_flags) as url:
+    with running_server([*server_argv(settings), *server_flags], port) as server:
+        url = server.url
         for name, batches in workloads.items():
             for stream in (False, True):
                 seconds, tokens = served_run_split(url, batches, stream=stream, concurrency=concurrency,

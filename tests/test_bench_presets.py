@@ -1,0 +1,26 @@
+"""bench.presets: a preset served and replayed end to end (the tiny model standing in for Qwen3)."""
+
+import json
+
+from bench.presets import engines_from_log, main
+
+
+def test_engine_lines_are_read_from_the_log():
+    log = ("2026-12-03 06:27:04,006 INFO scheduler.engine: Qwen/Qwen3-8B: weights 5.96 GiB (quantization "
+           "bnb-4bit), KV cache 24789 blocks of 16 tokens (54.47 GiB)\nnoise\n")
+    assert engines_from_log(log) == [{"model": "Qwen/Qwen3-8B", "weights_gib": 5.96, "quantization": "bnb-4bit",
+                                      "kv_blocks": 24789}]
+
+
+def test_a_preset_is_served_and_replayed(tiny_model_dir, tmp_path, capsys):
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps({"model": str(tiny_model_dir), "max_model_len": 2048, "kv_cache_gib": 0.05}))
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps([{"arrival_time": t, "prompts": ["What is 2+2?"] * (1 + t), "max_length": 4}
+                                 for t in range(3)]))
+    assert main(["--presets", str(preset), "--load-format", "auto", "--trace", str(trace), "--time-scale", "0.1",
+                 "--out-dir", str(tmp_path / "out")]) == 0
+    [result] = json.loads((tmp_path / "out" / "presets.json").read_text())
+    assert result["replay"]["served_in_window"] == 3 and result["replay"]["errors"] == 0
+    assert result["engines"][0]["kv_blocks"] > 0 and result["exit_seconds"] is not None
+    assert "3/3 requests served" in capsys.readouterr().out
