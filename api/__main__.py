@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
+import io
 import logging
 import signal
 import sys
@@ -20,8 +22,9 @@ from models.errors import ModelLoadError
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # `kill -USR1 PID` prints every thread's stack to stderr: what a stuck step or shutdown waits on,
-    # where a profiler cannot attach.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # where a profiler cannot attach. (Not when stderr is no file, as under a test's capture.)
+    with contextlib.suppress(io.UnsupportedOperation, AttributeError):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = parse_args(argv)  # after logging is set up: a preset may have something to say
     try:
         return serve(config)
