@@ -20,6 +20,7 @@ from models.runner import ModelRunner, StepResult
 from models.sampler import SamplingParams
 from models.stop_rule import StopRule
 from scheduler.detokenizer import IncrementalDetokenizer, decode_output
+from scheduler.token_bytes import TokenBytes
 from scheduler.outputs import CompletionOutput, EngineStats, RequestOutput
 from scheduler.scheduler import Scheduler, SchedulerConfig
 from scheduler.sequence import PLACEHOLDER_TOKEN, Sequence
@@ -115,6 +116,10 @@ class LLMEngine:
             config.model, load_format=config.load_format, dtype=dtype, device=device,
             backend=backend, max_model_len=config.max_model_len, seed=config.seed, tokenizer=config.tokenizer,
             quantization=config.quantization)
+        # Byte-level tokenizers detokenize from a table of each token's bytes, without decode calls.
+        self.token_bytes = TokenBytes.build(self.tokenizer) if self.tokenizer is not None else None
+        if self.tokenizer is not None and self.token_bytes is None:
+            logger.info("detokenizing with tokenizer calls (not a byte-level tokenizer)")
         eos = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
@@ -219,7 +224,7 @@ class LLMEngine:
         # Text is made token by token only where someone reads it as it grows (a stream) or a stop
         # string must be caught; otherwise the finished output is decoded once (see _output).
         incremental = self.tokenizer is not None and (stream or bool(params.stop))
-        detoks = [IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if incremental else None
+        detoks = [IncrementalDetokenizer(self.tokenizer, prompt_ids, params, self.token_bytes) if incremental else None
                   for _ in seqs]
         self._requests[request_id] = _RequestState(
             request_id, prompt if isinstance(prompt, str) else None, prompt_ids, seqs, detoks,
@@ -366,7 +371,7 @@ class LLMEngine:
                 output = seq.token_ids[seq.num_prompt_tokens:]
                 if seq.finish_reason == "stop":  # ended on EOS or a stop token, which is not text
                     output = output[:-1]
-                text = decode_output(self.tokenizer, state.prompt_ids, output, seq.params)
+                text = decode_output(self.tokenizer, state.prompt_ids, output, seq.params, self.token_bytes)
             else:
                 text = ""
             lps = None

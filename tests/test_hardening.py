@@ -328,10 +328,10 @@ def test_a_failing_request_fails_alone_over_http(server, monkeypatch, stream):
             raise RuntimeError("injected detokenizer fault")
         return incremental(self, token_id)
 
-    def decode_output(tokenizer, prompt_ids, output_ids, params):
+    def decode_output(tokenizer, prompt_ids, output_ids, params, token_bytes=None):
         if params.seed == 666:
             raise RuntimeError("injected detokenizer fault")
-        return whole(tokenizer, prompt_ids, output_ids, params)
+        return whole(tokenizer, prompt_ids, output_ids, params, token_bytes)
 
     monkeypatch.setattr(detokenizer.IncrementalDetokenizer, "add", add)
     monkeypatch.setattr(engine, "decode_output", decode_output)
