@@ -28,7 +28,7 @@ import threading
 from models.loader import model_tokenizer
 from scheduler.async_engine import AsyncEngine, StepLoop
 from scheduler.engine import EngineConfig, LLMEngine
-from scheduler.outputs import EngineStats
+from scheduler.outputs import CompletionOutput, EngineStats, RequestOutput
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ class EngineProcess(AsyncEngine):
         try:
             while True:
                 message, self._stats = self._conn.recv()
+                if message[0] == "outputs":
+                    message = ("outputs", _unpack(message[1]))
                 if message[0] != "idle":
                     self._emit(*message)
         except (EOFError, OSError):
@@ -134,9 +136,7 @@ def _child_main(config: EngineConfig, name: str, conn) -> None:
         if message[0] in ("accepted", "failed", "died"):
             message = tuple(_portable(m) if isinstance(m, BaseException) else m for m in message)
         elif message[0] == "outputs":
-            for out in message[1]:  # the server has the prompt; it travels once, with the last output
-                if not out.finished:
-                    out.prompt, out.prompt_token_ids = None, []
+            message = ("outputs", _pack(message[1]))
         conn.send((message, engine.stats()))
 
     steps = StepLoop(engine, name, emit)
@@ -153,6 +153,22 @@ def _child_main(config: EngineConfig, name: str, conn) -> None:
     threading.Thread(target=receive, name=f"switchyard-{name}-inbox", daemon=True).start()
     steps.run()
     engine.abort_all_requests()
+
+
+def _pack(outputs: list[RequestOutput]) -> list[tuple]:
+    """A step's outputs as plain tuples: pickling slotted dataclasses costs ~3× as much (2.2 ms a step
+    of 256 streamed outputs on the CPU machine, on the engine's loop). The prompt travels once, with
+    the last output: the server has it."""
+    return [(o.request_id, o.prompt if o.finished else None, o.prompt_token_ids if o.finished else [], o.finished,
+             o.task, o.arrival_time, o.first_token_time, o.error,
+             [(c.index, c.text, c.token_ids, c.finish_reason, c.logprobs, c.num_preemptions) for c in o.outputs])
+            for o in outputs]
+
+
+def _unpack(rows: list[tuple]) -> list[RequestOutput]:
+    return [RequestOutput(request_id, prompt, prompt_ids, [CompletionOutput(*c) for c in choices], finished, task,
+                          arrival, first_token, error)
+            for request_id, prompt, prompt_ids, finished, task, arrival, first_token, error, choices in rows]
 
 
 def _portable(error: BaseException) -> BaseException:

@@ -2,8 +2,10 @@
 fails, dies and stops as cleanly."""
 
 import asyncio
+import dataclasses
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -160,3 +162,17 @@ async def _expected(model_dir) -> str:
         return (await engine.complete("Hello there", GREEDY)).outputs[0].text
     finally:
         await engine.shutdown()
+
+
+def test_outputs_cross_the_pipe_unchanged_but_for_the_prompt():
+    """The wire format keeps every field; an unfinished output leaves its prompt behind (the server has it)."""
+    from scheduler.engine_process import _pack, _unpack
+    from scheduler.outputs import CompletionOutput, RequestOutput
+
+    running = RequestOutput("a-0", "hi", [1, 2], [CompletionOutput(0, " x", [7], None, [(-0.5, [(7, -0.5)])], 1)],
+                            False, "graph", 1.5, 2.5, None)
+    choices = [CompletionOutput(0, "", [], "error"), CompletionOutput(1, "y", [8], "stop")]
+    done = RequestOutput("b-0", None, [3], choices, True, "general", 3.0, None, "bad")
+    got = _unpack(pickle.loads(pickle.dumps(_pack([running, done]))))
+    assert got[1] == done
+    assert got[0] == dataclasses.replace(running, prompt=None, prompt_token_ids=[])
