@@ -61,6 +61,9 @@ class ServerConfig:
     max_model_len: int | None = _engine("max_model_len", "tokens per sequence, prompt and output (default: the "
                                                           "model's limit)")
     block_size: int = _engine("block_size", "tokens per KV cache block")
+    kv_cache_dtype: str = _engine("kv_cache_dtype", "auto: the model's dtype; fp8: float8 e4m3 (twice the tokens "
+                                                    "per GiB, values rounded to 3 mantissa bits; sm89+ on CUDA)",
+                                  choices=("auto", "fp8"))
     max_num_seqs: int = _engine("max_num_seqs", "sequences running at once per engine")
     max_num_batched_tokens: int = _engine("max_num_batched_tokens", "tokens computed per engine step")
     prefix_caching: bool = _engine("enable_prefix_caching", "reuse the KV blocks of shared prompt prefixes")
@@ -109,7 +112,8 @@ class ServerConfig:
                             max_model_len=self.max_model_len, block_size=self.block_size,
                             max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
                             enable_prefix_caching=self.prefix_caching, attention_backend=self.attention_backend,
-                            enforce_eager=self.enforce_eager, quantization=quantization)
+                            enforce_eager=self.enforce_eager, quantization=quantization,
+                            kv_cache_dtype=self.kv_cache_dtype)
 
 
 def _type_of(field: dataclasses.Field):

@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--model", default="Qwen/Qwen3-0.6B")
     ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
     ap.add_argument("--batch-sizes", default="1,64,256")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--iters", type=int, default=20)
@@ -47,11 +48,11 @@ def main() -> None:
     from scheduler.engine import EngineConfig, LLMEngine
 
     engine = LLMEngine(EngineConfig(model=args.model, load_format="dummy", attention_backend=args.attention_backend,
-                                      block_size=args.block_size))
+                                      block_size=args.block_size, kv_cache_dtype=args.kv_cache_dtype))
     runner, cfg, device = engine.runner, engine.model_config, engine.device
-    for k, v in runner.kv_caches:
-        k.normal_()
-        v.normal_()
+    for k, v in runner.kv_caches:  # random contents, written as the cache's dtype (normal_ has no fp8 kernel)
+        k.copy_(torch.randn(k.shape, device=k.device))
+        v.copy_(torch.randn(v.shape, device=v.device))
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     if cfg.tie_word_embeddings:  # the embedding is read once more, as the LM head
         weight_bytes += engine.model.embed_tokens.weight.numel() * engine.model.embed_tokens.weight.element_size()
@@ -90,7 +91,8 @@ def main() -> None:
             print(f"--- batch {batch}, 3 steps: host\n" + averages.table(sort_by="cpu_time_total", row_limit=12))
         moved = weight_bytes + batch * (args.context + 1) * kv_token_bytes
         rows.append((batch, step * 1e3, moved / 1e9, moved / step / 1e12, moved / step / bandwidth, batch / step))
-    print(f"\n{args.model} (dummy, {engine.model.embed_tokens.weight.dtype}), backend {args.attention_backend}, "
+    print(f"\n{args.model} (dummy, {engine.model.embed_tokens.weight.dtype}, KV cache {runner.kv_dtype}), "
+          f"backend {args.attention_backend}, "
           f"context {args.context}, {torch.cuda.get_device_name()}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     print(f"{'batch':>6} {'step ms':>8} {'GB read':>8} {'TB/s':>6} {'of copy bw':>10} {'tok/s':>9}")
     for batch, ms, gb, tbs, frac, tps in rows:

@@ -150,6 +150,7 @@ def main() -> None:
     ap.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     ap.add_argument("--attention-backend", default="auto")
     ap.add_argument("--block-size", type=int, default=16, help="KV cache block (page) size in tokens")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
     ap.add_argument("--workload", default="mixed", choices=["mixed", "nanovllm"])
     ap.add_argument("--num-prompts", type=int, default=32)
     ap.add_argument("--min-len", type=int, default=16)
@@ -168,7 +169,8 @@ def main() -> None:
     from scheduler.llm import LLM
 
     llm = LLM(args.model, load_format=args.load_format, attention_backend=args.attention_backend,
-              max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size)
+              max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
+              kv_cache_dtype=args.kv_cache_dtype)
     engine = llm.engine
     requests = make_requests(args, engine.model_config.vocab_size)
     results = {"switchyard": run_switchyard(llm, requests)}
@@ -207,7 +209,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if engine.device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"\n{args.model} ({args.load_format}), workload {args.workload}, {len(requests)} requests "
           f"(HF on {len(hf_requests)}), backend {engine.runner.model.layers[0].self_attn.backend.name}, "
-          f"block size {args.block_size}, device {device}")
+          f"block size {args.block_size}, KV cache {engine.runner.kv_dtype}, device {device}")
     base = results["switchyard"][1] / results["switchyard"][0]
     print(f"{'system':34} {'seconds':>8} {'tokens':>8} {'out tok/s':>10} {'switchyard x':>13} {'same tokens':>12}")
     for name, (seconds, produced, outs) in results.items():

@@ -30,6 +30,19 @@ logger = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+
+def _backend_for_kv(name: str, kv_dtype: torch.dtype, dtype: torch.dtype, device: torch.device) -> str:
+    """The attention backend to ask for: an fp8 KV cache is read by the Triton and torch kernels only
+    (FlashAttention-4 reads the model's dtype), and Triton converts fp8 on sm89 and newer."""
+    if kv_dtype == dtype:
+        return name
+    if "flash" in name:
+        raise ValueError(f"attention backend {name!r} cannot read an fp8 KV cache: use triton (or auto)")
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        raise ValueError(f"an fp8 KV cache needs a GPU of compute capability 8.9 or newer (Ada, Hopper); "
+                         f"{torch.cuda.get_device_name(device)} is {torch.cuda.get_device_capability(device)}")
+    return "triton" if name == "auto" and device.type == "cuda" else name
+
 @dataclasses.dataclass(slots=True, kw_only=True)
 class EngineConfig(SchedulerConfig):
     """Everything that fixes an engine: the model, where it runs, its KV budget, and the scheduling
@@ -49,6 +62,7 @@ class EngineConfig(SchedulerConfig):
     enforce_eager: bool = False          # CUDA: no decode graphs (they need a backend that supports them)
     async_scheduling: bool | None = None  # schedule step N+1 while the GPU runs step N; default: on for CUDA
     quantization: str = "none"           # the decoder layers' weights: none, bnb-8bit, bnb-4bit or fp8
+    kv_cache_dtype: str = "auto"         # "auto": the model's dtype; "fp8": float8 e4m3, half of bf16's bytes
     seed: int = 0
 
     def resolved_device(self) -> torch.device:
@@ -65,6 +79,13 @@ class EngineConfig(SchedulerConfig):
         if name not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}")
         return _DTYPES[name]
+
+    def resolved_kv_dtype(self) -> torch.dtype:
+        if self.kv_cache_dtype == "auto":
+            return self.resolved_dtype()
+        if self.kv_cache_dtype == "fp8":
+            return torch.float8_e4m3fn
+        raise ValueError(f"kv_cache_dtype must be 'auto' or 'fp8', got {self.kv_cache_dtype!r}")
 
     def scheduler_config(self, max_model_len: int) -> SchedulerConfig:
         """The inherited scheduling limits, with the context limit the engine settled on."""
@@ -108,9 +129,10 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        device, dtype = config.resolved_device(), config.resolved_dtype()
+        device, dtype, kv_dtype = config.resolved_device(), config.resolved_dtype(), config.resolved_kv_dtype()
         self.device = device
-        backend = get_backend(config.attention_backend, device.type, device.index or 0)
+        backend = get_backend(_backend_for_kv(config.attention_backend, kv_dtype, dtype, device), device.type,
+                              device.index or 0)
         logger.info("attention backend: %s", backend.name)
         self.model, self.model_config, self.tokenizer, max_len = load_model(
             config.model, load_format=config.load_format, dtype=dtype, device=device,
@@ -124,10 +146,10 @@ class LLMEngine:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         stop_rule = StopRule(tuple(sorted(eos)))  # one object: the sampler and the scheduler ask it
-        self.runner = ModelRunner(self.model, config.block_size, dtype, device, stop_rule)
-        num_blocks = self._num_kv_blocks(dtype, max_len)
+        self.runner = ModelRunner(self.model, config.block_size, kv_dtype, device, stop_rule)
+        num_blocks = self._num_kv_blocks(kv_dtype, max_len)
         self.runner.allocate_kv_cache(num_blocks)
-        kv_bytes = num_blocks * bytes_per_block(self.model_config, config.block_size, dtype)
+        kv_bytes = num_blocks * bytes_per_block(self.model_config, config.block_size, kv_dtype)
         logger.info("%s: weights %.2f GiB (quantization %s), KV cache %d blocks of %d tokens (%.2f GiB)",
                     config.model, weight_bytes(self.model) / 2**30, config.quantization, num_blocks,
                     config.block_size, kv_bytes / 2**30)

@@ -25,7 +25,7 @@ class Case:
     """
 
     def __init__(self, specs, block_size, num_q_heads, num_kv_heads, head_dim, dtype, num_decodes=0, seed=0,
-                 finite_page_tails=False):
+                 finite_page_tails=False, kv_dtype=None):
         gen = torch.Generator().manual_seed(seed)
         rand = lambda *shape: torch.randn(*shape, generator=gen).to(dtype)  # noqa: E731
         blocks_per_seq = [_cdiv(ctx, block_size) for ctx, _ in specs]
@@ -34,8 +34,8 @@ class Case:
         ids = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
         tables = torch.zeros(len(specs), max_blocks, dtype=torch.int32)
         shape = (num_blocks, block_size, num_kv_heads, head_dim)
-        self.k_cache = torch.full(shape, float("nan"), dtype=dtype)
-        self.v_cache = torch.full(shape, float("nan"), dtype=dtype)
+        self.k_cache = torch.full(shape, float("nan"), dtype=kv_dtype or dtype)  # kv_dtype: e.g. an fp8 cache
+        self.v_cache = torch.full(shape, float("nan"), dtype=kv_dtype or dtype)
         q, k, v, slots, starts = [], [], [], [], [0]
         for i, ((ctx, q_len), nb) in enumerate(zip(specs, blocks_per_seq)):
             tables[i, :nb] = torch.tensor([ids.pop() for _ in range(nb)], dtype=torch.int32)
@@ -66,7 +66,7 @@ class Case:
         self.scale = head_dim ** -0.5
 
     def clean(self, cache):
-        return cache.nan_to_num(0.0)
+        return cache.float().nan_to_num(0.0).to(cache.dtype)  # through float32: fp8 has no nan_to_num
 
     def write_new_kv(self):
         """Put this step's K/V into the cache, as the backend would before attending."""

@@ -12,8 +12,11 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
              slot_mapping: torch.Tensor) -> None:
     """Store this step's K/V [T, kv_heads, head_dim] into the paged cache at their slots."""
     num_slots = k_cache.shape[0] * k_cache.shape[1]
-    k_cache.view(num_slots, *k_cache.shape[2:]).index_copy_(0, slot_mapping, k)
-    v_cache.view(num_slots, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v)
+    for new, cache in ((k, k_cache), (v, v_cache)):
+        new = new.to(cache.dtype)  # rounded to nearest when the cache is fp8
+        if cache.dtype == torch.float8_e4m3fn:  # index_copy_ has no fp8 kernel on the CPU: copy the bytes
+            new, cache = new.view(torch.uint8), cache.view(torch.uint8)
+        cache.view(num_slots, *cache.shape[2:]).index_copy_(0, slot_mapping, new)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -55,20 +58,20 @@ class TorchReferenceBackend:
             idx = torch.tensor(rows, device=q.device)
             max_blocks = (lens[rows[-1]] + block_size - 1) // block_size
             tables = meta.block_tables[idx, :max_blocks]
-            kc = k_cache[tables].flatten(1, 2)  # [rows, max_blocks * block_size, Hkv, D]
-            vc = v_cache[tables].flatten(1, 2)
+            kc = k_cache[tables].flatten(1, 2).to(q.dtype)  # [rows, max_blocks * block_size, Hkv, D]
+            vc = v_cache[tables].flatten(1, 2).to(q.dtype)
             visible = torch.arange(kc.shape[1], device=q.device)[None, :] < meta.seq_lens[idx, None]
             out[idx] = _attend(q[idx, None], kc, vc, visible[:, None, :], scale)[:, 0]
         for i in range(nd, meta.num_seqs):
             start, end = meta.query_start_loc_cpu[i], meta.query_start_loc_cpu[i + 1]
             ctx = meta.seq_lens_cpu[i]
             nq = end - start
-            if nq == ctx:  # a whole prompt: its own new K/V are the context, causal attention
+            if nq == ctx and k_cache.dtype == q.dtype:  # a whole prompt: its new K/V are the context, causal
                 out[start:end] = _attend(q[None, start:end], k[None, start:end], v[None, start:end], None, scale)[0]
                 continue
             blocks = meta.block_tables[i, : (ctx + block_size - 1) // block_size]
-            kc = k_cache[blocks].flatten(0, 1)[:ctx]
-            vc = v_cache[blocks].flatten(0, 1)[:ctx]
+            kc = k_cache[blocks].flatten(0, 1)[:ctx].to(q.dtype)  # as stored: an fp8 cache's values
+            vc = v_cache[blocks].flatten(0, 1)[:ctx].to(q.dtype)
             # Query j sits at position ctx - nq + j and sees every key up to and including itself.
             q_pos = torch.arange(ctx - nq, ctx, device=q.device)
             visible = torch.arange(ctx, device=q.device)[None, :] <= q_pos[:, None]
