@@ -66,18 +66,23 @@ def prefix_agreement(ours: list[list[int]], reference: list[list[int]]) -> float
 
 
 def quality(args) -> list[dict]:
-    """Greedy agreement and logit error of each mode against the unquantized model."""
+    """Greedy agreement and logit error of each mode against the unquantized model (its KV cache in
+    the model's dtype); with --kv-cache-dtype fp8 every other run keeps its KV cache in fp8, and the
+    unquantized model with an fp8 cache is one more run."""
     from models.quantization import weight_bytes
     from models.sampler import SamplingParams
     from scheduler.llm import LLM
     rows, reference = [], None
-    for mode in ("none",) + tuple(m for m in args.modes if m != "none"):
+    runs = [("none", "auto")] + [(m, args.kv_cache_dtype) for m in args.modes if m != "none"]
+    if args.kv_cache_dtype != "auto":
+        runs.append(("none", args.kv_cache_dtype))
+    for mode, kv in runs:
         start = time.perf_counter()
         try:
             llm = LLM(args.quality_model, quantization=mode, device=args.device, dtype=args.dtype,
-                      kv_cache_gib=0.25)
+                      kv_cache_gib=0.25, kv_cache_dtype=kv)
         except ValueError as e:  # this mode cannot run on this device: say so and go on
-            rows.append({"mode": mode, "error": str(e)})
+            rows.append({"mode": mode, "kv_cache_dtype": kv, "error": str(e)})
             continue
         tok = llm.tokenizer
         prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
@@ -90,7 +95,7 @@ def quality(args) -> list[dict]:
             reference = (tokens, logits)
         ref_tokens, ref_logits = reference
         err = logits - ref_logits
-        rows.append({"mode": mode, "weight_gib": weight_bytes(llm.engine.model) / 2**30,
+        rows.append({"mode": mode, "kv_cache_dtype": kv, "weight_gib": weight_bytes(llm.engine.model) / 2**30,
                      "greedy_prefix_agreement": prefix_agreement(tokens, ref_tokens),
                      "prompts_identical": sum(a == b for a, b in zip(tokens, ref_tokens)),
                      "first_token_agreement": sum(a[0] == b[0] for a, b in zip(tokens, ref_tokens)) / len(ids),
@@ -212,13 +217,13 @@ def print_tables(result: dict) -> None:
                   + f" {_fmt(r.get('throughput_tok_s'), '8.0f')}  {r.get('error', '')}")
     if result.get("quality"):
         print(f"\nquality: {result['quality_model']}, {result['device']}, dtype {result['dtype'] or 'default'}")
-        print(f"{'mode':9} {'weight GiB':>10} {'greedy agree':>12} {'identical':>9} {'1st token':>9} "
+        print(f"{'mode':9} {'KV':5} {'weight GiB':>10} {'greedy agree':>12} {'identical':>9} {'1st token':>9} "
               f"{'max logit err':>13} {'rel RMS err':>11}")
         for r in result["quality"]:
             if "error" in r:
-                print(f"{r['mode']:9} {r['error']}")
+                print(f"{r['mode']:9} {r['kv_cache_dtype']:5} {r['error']}")
                 continue
-            print(f"{r['mode']:9} {r['weight_gib']:10.3f} {r['greedy_prefix_agreement']:12.1%} "
+            print(f"{r['mode']:9} {r['kv_cache_dtype']:5} {r['weight_gib']:10.3f} {r['greedy_prefix_agreement']:12.1%} "
                   f"{r['prompts_identical']:>4d}/{r['prompts']:<4d} {r['first_token_agreement']:9.0%} "
                   f"{r['max_logit_error']:13.3f} {r['relative_rms_logit_error']:11.2%}")
 
@@ -242,6 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quality-tokens", type=int, default=32, help="greedy tokens per quality prompt")
     ap.add_argument("--device", help="quality: the device (default: cuda if present)")
     ap.add_argument("--dtype", help="quality: the model dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"],
+                    help="quality: the KV cache of every run but the reference")
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--one-mode", help=argparse.SUPPRESS)  # the subprocess of one mode
     args = ap.parse_args(argv)
