@@ -20,15 +20,14 @@ from models.runner import ModelRunner, StepResult
 from models.sampler import SamplingParams
 from models.stop_rule import StopRule
 from scheduler.detokenizer import IncrementalDetokenizer, decode_output
-from scheduler.token_bytes import TokenBytes
 from scheduler.outputs import CompletionOutput, EngineStats, RequestOutput
 from scheduler.scheduler import Scheduler, SchedulerConfig
 from scheduler.sequence import PLACEHOLDER_TOKEN, Sequence
+from scheduler.token_bytes import TokenBytes
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 
 def _backend_for_kv(name: str, kv_dtype: torch.dtype, dtype: torch.dtype, device: torch.device) -> str:
@@ -42,6 +41,7 @@ def _backend_for_kv(name: str, kv_dtype: torch.dtype, dtype: torch.dtype, device
         raise ValueError(f"an fp8 KV cache needs a GPU of compute capability 8.9 or newer (Ada, Hopper); "
                          f"{torch.cuda.get_device_name(device)} is {torch.cuda.get_device_capability(device)}")
     return "triton" if name == "auto" and device.type == "cuda" else name
+
 
 @dataclasses.dataclass(slots=True, kw_only=True)
 class EngineConfig(SchedulerConfig):
@@ -150,9 +150,9 @@ class LLMEngine:
         num_blocks = self._num_kv_blocks(kv_dtype, max_len)
         self.runner.allocate_kv_cache(num_blocks)
         kv_bytes = num_blocks * bytes_per_block(self.model_config, config.block_size, kv_dtype)
-        logger.info("%s: weights %.2f GiB (quantization %s), KV cache %d blocks of %d tokens (%.2f GiB)",
+        logger.info("%s: weights %.2f GiB (quantization %s), KV cache %d blocks of %d tokens (%.2f GiB, %s)",
                     config.model, weight_bytes(self.model) / 2**30, config.quantization, num_blocks,
-                    config.block_size, kv_bytes / 2**30)
+                    config.block_size, kv_bytes / 2**30, str(kv_dtype).removeprefix("torch."))
         # A single sequence must always fit in the pool, or it could only ever preempt itself.
         max_model_len = min(max_len, num_blocks * config.block_size)
         if device.type == "cuda" and not config.enforce_eager:
