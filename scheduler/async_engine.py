@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import faulthandler
+import io
 import logging
+import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -220,11 +224,17 @@ class StepLoop:
     an EngineProcess (emit sends it down a pipe). It never waits for its reader, so the GPU is fed
     however busy the reader is."""
 
+    # A step that has run this long is reported with every thread's stack (once a step): a GPU step
+    # takes milliseconds, a first step with compilation seconds; minutes mean something is stuck.
+    STALL_SECONDS = 120.0
+
     def __init__(self, engine: LLMEngine, name: str, emit: Callable[..., None]):
         self.engine, self.name, self.emit = engine, name, emit
         self.inbox: collections.deque = collections.deque()
         self.work = threading.Event()
         self.stopping = False
+        self._step_started: float | None = None  # when the step in progress began
+        self._steps_begun = 0
 
     def post(self, item: tuple) -> None:
         self.inbox.append(item)
@@ -249,7 +259,29 @@ class StepLoop:
                 continue
             self.emit("accepted", request_id, None)
 
+    def _watch(self, done: threading.Event) -> None:
+        """The watchdog: report a step that has run past STALL_SECONDS, with where every thread is."""
+        reported = None
+        while not done.wait(min(self.STALL_SECONDS / 4, 10.0)):
+            started, step = self._step_started, self._steps_begun
+            if started is not None and step != reported and time.monotonic() - started > self.STALL_SECONDS:
+                reported = step
+                logger.warning("engine %r: a step has run for %.0f s (%d sequences running); every thread's "
+                               "stack follows on stderr", self.name, time.monotonic() - started,
+                               len(self.engine.scheduler.running))
+                with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
+                    faulthandler.dump_traceback(sys.stderr, all_threads=True)
+
     def run(self) -> None:
+        done = threading.Event()
+        threading.Thread(target=self._watch, args=(done,), name=f"switchyard-{self.name}-watchdog",
+                         daemon=True).start()
+        try:
+            self._run()
+        finally:
+            done.set()
+
+    def _run(self) -> None:
         try:
             while not self.stopping:
                 self._apply_inbox()
@@ -258,6 +290,8 @@ class StepLoop:
                     self.work.wait()
                     self.work.clear()
                     continue
+                self._steps_begun += 1
+                self._step_started = time.monotonic()
                 try:
                     outputs = self.engine.step()
                 except Exception as e:  # a failed step fails the requests in flight, not the server
@@ -265,6 +299,8 @@ class StepLoop:
                     failed = self.engine.abort_all_requests()
                     self.emit("failed", RuntimeError(f"engine step failed: {type(e).__name__}: {e}"), failed)
                     continue
+                finally:
+                    self._step_started = None
                 if outputs:
                     self.emit("outputs", outputs)
         except BaseException as e:

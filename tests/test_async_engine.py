@@ -208,3 +208,35 @@ def test_output_callbacks_get_what_a_stream_gets(tiny_model_dir, expected):
         assert [o.finished for o in outputs[i]] == [False] * (len(outputs[i]) - 1) + [True]
         assert (merged.outputs[0].token_ids, merged.outputs[0].text) == (exp.token_ids, exp.text)
     assert engine.engine.scheduler.block_manager.num_free_blocks == engine.engine.num_kv_blocks
+
+
+def test_a_stuck_step_is_reported_with_every_threads_stack(monkeypatch, caplog, capfd):
+    """The step loop's watchdog names a step that has run past STALL_SECONDS and dumps the stacks."""
+    import threading
+    import time
+    import types
+
+    from scheduler.async_engine import StepLoop
+
+    monkeypatch.setattr(StepLoop, "STALL_SECONDS", 0.2)
+    release = threading.Event()
+
+    def stuck_step_for_the_test():
+        release.wait(5)
+        return []
+
+    engine = types.SimpleNamespace(has_unfinished_requests=lambda: not release.is_set(), step=stuck_step_for_the_test,
+                                   scheduler=types.SimpleNamespace(running=[1, 2, 3]))
+    steps = StepLoop(engine, "stuck", lambda *message: None)
+    runner = threading.Thread(target=steps.run)
+    with caplog.at_level("WARNING"):
+        runner.start()
+        deadline = time.monotonic() + 5
+        while "has run for" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        release.set()
+        steps.stop()
+        runner.join(5)
+    assert "engine 'stuck': a step has run for" in caplog.text and "(3 sequences running)" in caplog.text
+    assert caplog.text.count("has run for") == 1  # once a step
+    assert "stuck_step_for_the_test" in capfd.readouterr().err
