@@ -46,7 +46,6 @@ WORKLOADS = ("course", "nanovllm")
 MODES = ("in-process", "HTTP unstreamed", "HTTP streamed")
 
 
-
 def course_batches(tokenizer, trace: str | Path = COURSE_TRACE, limit: int | None = None,
                    max_tokens: int | None = None) -> list[list[Request]]:
     """The trace's batches as engine prompts with their policy-capped output lengths (see module docstring)."""

@@ -30,19 +30,6 @@ logger = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _backend_for_kv(name: str, kv_dtype: torch.dtype, dtype: torch.dtype, device: torch.device) -> str:
-    """The attention backend to ask for: an fp8 KV cache is read by the Triton and torch kernels only
-    (FlashAttention-4 reads the model's dtype), and Triton converts fp8 on sm89 and newer."""
-    if kv_dtype == dtype:
-        return name
-    if "flash" in name:
-        raise ValueError(f"attention backend {name!r} cannot read an fp8 KV cache: use triton (or auto)")
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
-        raise ValueError(f"an fp8 KV cache needs a GPU of compute capability 8.9 or newer (Ada, Hopper); "
-                         f"{torch.cuda.get_device_name(device)} is {torch.cuda.get_device_capability(device)}")
-    return "triton" if name == "auto" and device.type == "cuda" else name
-
-
 @dataclasses.dataclass(slots=True, kw_only=True)
 class EngineConfig(SchedulerConfig):
     """Everything that fixes an engine: the model, where it runs, its KV budget, and the scheduling
@@ -131,8 +118,8 @@ class LLMEngine:
         self.config = config
         device, dtype, kv_dtype = config.resolved_device(), config.resolved_dtype(), config.resolved_kv_dtype()
         self.device = device
-        backend = get_backend(_backend_for_kv(config.attention_backend, kv_dtype, dtype, device), device.type,
-                              device.index or 0)
+        backend = get_backend(config.attention_backend, device.type, device.index or 0,
+                              fp8_cache=kv_dtype == torch.float8_e4m3fn)
         logger.info("attention backend: %s", backend.name)
         self.model, self.model_config, self.tokenizer, max_len = load_model(
             config.model, load_format=config.load_format, dtype=dtype, device=device,

@@ -103,10 +103,14 @@ class ByteStream:
     """Token ids in, new text out: a character is returned once all its bytes have arrived."""
 
     def __init__(self, token_bytes: TokenBytes, context: list[int], skip_special_tokens: bool):
-        self._bytes, self._skip = token_bytes, skip_special_tokens
+        self._table = token_bytes.table
+        # Skipped ids read as no bytes; so do ids past the table, as in TokenBytes.piece.
+        self._skipped = token_bytes.special if skip_special_tokens else frozenset()
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        for token_id in context:
-            self.add(token_id)
+        self._decoder.decode(b"".join(token_bytes.piece(t, skip_special_tokens) for t in context))
 
     def add(self, token_id: int) -> str:
-        return self._decoder.decode(self._bytes.piece(token_id, self._skip))
+        """Called per token on the engine's loop: a set test, a list index and the UTF-8 decoder."""
+        if token_id in self._skipped or not 0 <= token_id < len(self._table):
+            return ""
+        return self._decoder.decode(self._table[token_id])

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 from api.config import parse_args
 from api.launch import Server, app_for, build_service, uvicorn_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.server_process import free_port
 
 
 class RunningServer:

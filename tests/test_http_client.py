@@ -1,7 +1,6 @@
 """bench.http_client: requests dealt to several client processes add up to one run's tokens and span."""
 
 import asyncio
-import socket
 import threading
 import time
 
@@ -12,6 +11,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from bench.http_client import served_run_split
+from bench.server_process import free_port
 
 
 async def _completions(request):
@@ -32,9 +32,7 @@ async def _completions(request):
 
 @pytest.fixture(scope="module")
 def url():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/v1/completions", _completions,
                                                                      methods=["POST"])]),
                                            port=port, log_level="warning"))

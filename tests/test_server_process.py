@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api_server import free_port
+from bench.server_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

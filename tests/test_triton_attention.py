@@ -60,18 +60,33 @@ else:
     ]
 
 
+def _decode_against_reference(case, splits=None):
+    """(the decode kernel's output, the reference's) for a case's batch of decodes."""
+    ref = case.reference()
+    case.write_new_kv()
+    out = torch.full_like(case.q, float("nan"))
+    paged_decode_attention(case.q, case.k_cache, case.v_cache, case.meta.block_tables, case.meta.seq_lens,
+                           case.scale, out, num_splits=splits)
+    return out, ref
+
+
+def _prefill_against_reference(case):
+    """(the prefill kernel's output, the reference's) for a case's chunks."""
+    ref = case.reference()
+    case.write_new_kv()
+    out = torch.full_like(case.q, float("nan"))
+    meta = case.meta
+    paged_prefill_attention(case.q, case.k_cache, case.v_cache, meta.block_tables, meta.query_start_loc,
+                            meta.seq_lens, case.scale, out)
+    return out, ref
+
+
 @pytest.mark.parametrize("batch,max_ctx,block_size,hq,hkv,head_dim,dtype,splits", DECODE_SWEEP)
 def test_decode_kernel(batch, max_ctx, block_size, hq, hkv, head_dim, dtype, splits):
     gen = torch.Generator().manual_seed(batch * max_ctx)
     specs = _decode_specs(batch, max_ctx, gen)
     case = Case(specs, block_size, hq, hkv, head_dim, dtype, num_decodes=batch)
-    ref = case.reference()
-    case.write_new_kv()
-    out = torch.full_like(case.q, float("nan"))
-    meta = case.meta
-    paged_decode_attention(case.q, case.k_cache, case.v_cache, meta.block_tables, meta.seq_lens, case.scale, out,
-                           num_splits=splits)
-    assert_close(out, ref, dtype)
+    assert_close(*_decode_against_reference(case, splits), dtype)
 
 
 def test_split_heuristic():
@@ -105,13 +120,7 @@ else:
 @pytest.mark.parametrize("specs,block_size,hq,hkv,head_dim,dtype", PREFILL_SWEEP)
 def test_prefill_kernel(specs, block_size, hq, hkv, head_dim, dtype):
     case = Case(specs, block_size, hq, hkv, head_dim, dtype)
-    ref = case.reference()
-    case.write_new_kv()
-    out = torch.full_like(case.q, float("nan"))
-    meta = case.meta
-    paged_prefill_attention(case.q, case.k_cache, case.v_cache, meta.block_tables, meta.query_start_loc,
-                            meta.seq_lens, case.scale, out)
-    assert_close(out, ref, dtype)
+    assert_close(*_prefill_against_reference(case), dtype)
 
 
 # An fp8 (e4m3) cache: the kernels read it into q's dtype; the reference reads the same stored values.
@@ -122,23 +131,12 @@ FP8_DTYPE = torch.bfloat16 if ON_GPU else torch.float16  # the interpreter's bf1
 def test_decode_kernel_reads_an_fp8_cache(splits):
     specs = _decode_specs(4, 300, torch.Generator().manual_seed(1))
     case = Case(specs, 16, 8, 2, 64, FP8_DTYPE, num_decodes=4, kv_dtype=torch.float8_e4m3fn)
-    ref = case.reference()
-    case.write_new_kv()
-    out = torch.full_like(case.q, float("nan"))
-    paged_decode_attention(case.q, case.k_cache, case.v_cache, case.meta.block_tables, case.meta.seq_lens,
-                           case.scale, out, num_splits=splits)
-    assert_close(out, ref, FP8_DTYPE)
+    assert_close(*_decode_against_reference(case, splits), FP8_DTYPE)
 
 
 def test_prefill_kernel_reads_an_fp8_cache():
     case = Case([(70, 70), (150, 37), (33, 1)], 16, 4, 2, 32, FP8_DTYPE, kv_dtype=torch.float8_e4m3fn)
-    ref = case.reference()
-    case.write_new_kv()
-    out = torch.full_like(case.q, float("nan"))
-    meta = case.meta
-    paged_prefill_attention(case.q, case.k_cache, case.v_cache, meta.block_tables, meta.query_start_loc,
-                            meta.seq_lens, case.scale, out)
-    assert_close(out, ref, FP8_DTYPE)
+    assert_close(*_prefill_against_reference(case), FP8_DTYPE)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="the Triton interpreter converts some values to fp8 wrongly (0.4863 -> 0.25 "

@@ -14,7 +14,7 @@ BACKENDS = ("auto", "torch", "triton", "flash")
 AUTO_FLASH_PREFILL_PAIRS = 2_000_000
 
 
-def get_backend(name: str = "auto", device_type: str = "cpu", device_index: int = 0):
+def get_backend(name: str = "auto", device_type: str = "cpu", device_index: int = 0, fp8_cache: bool = False):
     """The attention backend called `name`.
 
     "torch" is the reference that runs everywhere; "triton" the Triton kernels for both phases;
@@ -22,7 +22,8 @@ def get_backend(name: str = "auto", device_type: str = "cpu", device_index: int 
     phase's kernels; "auto" is the reference off CUDA or without triton, Triton decode and
     size-picked prefill (AUTO_FLASH_PREFILL_PAIRS) where FA4 can run, and Triton otherwise. The GPU
     kernels are imported only when asked for, so installs without triton or flash-attn-4 still
-    import this package.
+    import this package. With `fp8_cache` (an fp8 KV cache) only the torch and Triton kernels
+    qualify: FlashAttention-4 reads the model's dtype, and Triton converts fp8 on sm89 and newer.
     """
     import importlib.util
 
@@ -31,7 +32,7 @@ def get_backend(name: str = "auto", device_type: str = "cpu", device_index: int 
             return TorchReferenceBackend()
         from models.attention.flash_backend import flash_unavailable_reason
 
-        if flash_unavailable_reason(device_index) is None:
+        if not fp8_cache and flash_unavailable_reason(device_index) is None:
             from models.attention.paged import PagedAttention, by_work
 
             (triton_decode, triton_prefill), (_, flash_prefill) = _kernels("triton"), _kernels("flash")
@@ -45,6 +46,8 @@ def get_backend(name: str = "auto", device_type: str = "cpu", device_index: int 
     if len(phases) != 2 or not set(phases) <= {"triton", "flash"}:
         raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(BACKENDS)}, "
                          "or DECODE:PREFILL from triton and flash (e.g. triton:flash)")
+    if fp8_cache:
+        _check_fp8_cache(name, phases, device_type, device_index)
     if "flash" in phases:
         from models.attention.flash_backend import flash_unavailable_reason
 
@@ -55,6 +58,18 @@ def get_backend(name: str = "auto", device_type: str = "cpu", device_index: int 
 
     return PagedAttention(phases[0] if phases[0] == phases[1] else name, decode=_kernels(phases[0])[0],
                           prefill=_kernels(phases[1])[1])
+
+
+def _check_fp8_cache(name: str, phases: list[str], device_type: str, device_index: int) -> None:
+    if "flash" in phases:
+        raise ValueError(f"attention backend {name!r} cannot read an fp8 KV cache: use triton (or auto)")
+    if device_type == "cuda":
+        import torch
+
+        if torch.cuda.get_device_capability(device_index) < (8, 9):
+            raise ValueError(f"an fp8 KV cache needs a GPU of compute capability 8.9 or newer (Ada, Hopper); "
+                             f"{torch.cuda.get_device_name(device_index)} is "
+                             f"{torch.cuda.get_device_capability(device_index)}")
 
 
 def _kernels(impl: str):
