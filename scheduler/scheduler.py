@@ -124,8 +124,11 @@ class Scheduler:
                 batch.num_new_tokens.append(n)
                 budget -= n
         self.running = running
-        # Backends want decodes (one query token) first.
-        order = sorted(range(len(batch.seqs)), key=lambda j: batch.num_new_tokens[j] != 1)
+        # Backends want decodes (one query token) first; the longest decodes lead, so the decode
+        # kernel's longest programs start first and the short ones fill in behind them (a step ends
+        # with its last program: longest-first keeps a long context from starting last).
+        order = sorted(range(len(batch.seqs)),
+                       key=lambda j: (False, -batch.seqs[j].num_tokens) if batch.num_new_tokens[j] == 1 else (True, 0))
         batch.seqs = [batch.seqs[j] for j in order]
         batch.num_new_tokens = [batch.num_new_tokens[j] for j in order]
         return batch

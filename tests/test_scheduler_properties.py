@@ -203,6 +203,11 @@ def check_batch(sched: Scheduler, batch, waiting_before: list[Sequence], now: fl
         assert n >= 1
         assert seq.num_computed_tokens + n <= seq.num_tokens, "computes past its known tokens"
         assert len(seq.block_table) * bs >= seq.num_computed_tokens + n, "block table too short"
+    # Layout the attention kernels rely on: decodes first, longest context first among them.
+    kinds = [n == 1 for n in batch.num_new_tokens]
+    assert kinds == sorted(kinds, reverse=True), "a prefill precedes a decode"
+    decode_lens = [s.num_tokens for s, n in zip(batch.seqs, batch.num_new_tokens) if n == 1]
+    assert decode_lens == sorted(decode_lens, reverse=True), "decodes not longest-first"
     for seq in batch.preempted:
         assert seq.status is SeqStatus.WAITING and not seq.block_table and seq.num_computed_tokens == 0
         assert seq not in batch.seqs

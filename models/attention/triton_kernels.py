@@ -88,15 +88,18 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_p
                    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
                    DOT_PRECISION: tl.constexpr):
-    """Program (seq, kv_head, split): the GROUP query heads sharing kv_head, over one context partition.
+    """Program (kv_head, seq, split): the GROUP query heads sharing kv_head, over one context partition.
+
+    Programs are dispatched in grid order: a batch sorted longest-first (the scheduler sorts its
+    decodes so) starts its longest contexts first, all heads of each together.
 
     The query heads are the M rows of both dots, padded to GROUP_PAD >= 16 because tl.dot needs
     M >= 16 on the GPU. Decode is memory bound, so the padded rows cost idle tensor-core cycles only,
     while each K/V tile is read once for the whole group; a broadcast-multiply alternative would hold
     a [GROUP, BLOCK_N, HEAD_DIM] product in registers instead.
     """
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    kv_head = tl.program_id(0)  # fastest-varying: a sequence's heads are dispatched together
+    seq = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
     start = split * partition_size
@@ -204,7 +207,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         part_acc = torch.empty(num_seqs, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
     else:
         part_max = part_sum = part_acc = out  # unused when SPLIT is off
-    _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
+    _decode_kernel[(num_kv_heads, num_seqs, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part_max, part_sum, part_acc,
         scale * _LOG2E, partition, num_splits, num_q_heads,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
