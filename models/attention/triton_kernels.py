@@ -376,8 +376,8 @@ def _dot_precision(dtype: torch.dtype) -> str:
 def _fp16_dots(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """Whether the dots run in fp16 rather than q's bf16: for an fp8 (e4m3) cache, whose values the GPU
     converts to fp16 in one instruction per pair (sm89+), while Triton makes bf16 from that fp16 with
-    further conversions per value, on every K/V load. fp16 holds e4m3 exactly, and q (normed, rotated) and p (in [0, 1]) fit its range with more
-    mantissa than bf16; the dots accumulate in fp32 either way."""
+    further conversions per value, on every K/V load. fp16 holds e4m3 exactly, and q (normed, rotated)
+    and p (in [0, 1]) fit its range with more mantissa than bf16; the dots accumulate in fp32 either way."""
     return k_cache.dtype == torch.float8_e4m3fn and q.dtype == torch.bfloat16
 
 
