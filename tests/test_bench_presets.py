@@ -1,8 +1,12 @@
 """bench.presets: a preset served and replayed end to end (the tiny model standing in for Qwen3)."""
 
 import json
+import subprocess
+import sys
+import time
 
 from bench.presets import engines_from_log, main
+from bench.server_process import _record_stuck
 
 
 def test_engine_lines_are_read_from_the_log():
@@ -24,3 +28,22 @@ def test_a_preset_is_served_and_replayed(tiny_model_dir, tmp_path, capsys):
     assert result["replay"]["served_in_window"] == 3 and result["replay"]["errors"] == 0
     assert result["engines"][0]["kv_blocks"] > 0 and result["exit_seconds"] is not None
     assert "3/3 requests served" in capsys.readouterr().out
+
+
+def test_a_stuck_process_is_described_from_proc(tmp_path):
+    """What the log gets about a server that ignores SIGTERM: one line per thread with its state, from
+    /proc, readable whatever the process is doing (a sleeping process here: two threads, both in S)."""
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(1.0)
+        log = tmp_path / "server.log"
+        with open(log, "wb") as out:
+            _record_stuck(proc, out)
+        text = log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+    threads = [line for line in text.splitlines() if line.startswith("thread ")]
+    assert len(threads) == 2 and all("state S" in line for line in threads), text
+    assert "did not exit after SIGTERM" in text and "GPUs" in text
