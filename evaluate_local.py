@@ -1,6 +1,7 @@
 """Evaluate Switchyard on the course's dev_test prompts: GraphDev, MMLU Medicine, InfoBench.
 
     python evaluate_local.py --task all --limit 20                         # in-process, embedded model
+    python evaluate_local.py --config system1 --gpu-memory-utilization 0.8 # any `python -m api` flag
     python evaluate_local.py --task mmlu_med --server http://127.0.0.1:8000
     python evaluate_local.py --plot runs.jsonl --plot-output pareto.png
 
@@ -11,7 +12,9 @@ scored with the course grader's rules (`tasks.scoring`); InfoBench with its DRFR
 (`tasks.infobench_judge`), by default judged by the evaluated model itself, which is labelled
 "local judge: <model>" in the output since it is far weaker than the course's judge.
 
-Writes per-item records and a summary to `--output`, and appends one row per run to `--runs`.
+In-process, every flag this script does not define is one of `python -m api`'s and configures the
+server it builds (`--config` presets, `--max-model-len`, `--small-device`, ...). Writes per-item
+records and a summary to `--output`, and appends one row per run to `--runs`.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ COURSE_MAX_TOKENS = 2048  # what the course client asks for
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """evaluate_local.py's own flags; the rest, kept in `server_flags`, are the in-process server's."""
     ap = argparse.ArgumentParser(prog="evaluate_local.py", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
+                                 epilog="Any other flag is passed to the in-process server: see python -m api --help.")
     ap.add_argument("--task", default="all", choices=TASKS + ("all",))
     ap.add_argument("--limit", type=int, help="first N items of each task (default: all 100)")
     ap.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
@@ -45,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--output", default="results.json")
     ap.add_argument("--runs", default="runs.jsonl", help="JSON-lines file that gets one summary row per run")
     ap.add_argument("--label", help="name of this run in the runs file and plot (default: backend and policy)")
-    ap.add_argument("--model", default="embedded", help="in-process large model (as `python -m api --model`)")
+    ap.add_argument("--model", help="in-process large model (as `python -m api --model`; default: the embedded "
+                                     "model, or the --config preset's)")
     ap.add_argument("--small-model", help="in-process small model")
     ap.add_argument("--policy", help="in-process policy JSON file (see tasks/policy.py)")
     ap.add_argument("--server", help="evaluate a running server at this URL instead, e.g. http://127.0.0.1:8000")
@@ -54,14 +60,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--request-timeout", type=float, default=7200.0,
                     help="seconds a request may take before it fails (a CPU run at the full budget is slow); "
                          "give a server its own --request-timeout too")
-    ap.add_argument("--quantization", choices=QUANTIZATION_MODES, default="none",
-                    help="in-process: both models' decoder weights (see python -m api --help)")
+    ap.add_argument("--quantization", choices=QUANTIZATION_MODES,
+                    help="in-process: both models' decoder weights (see python -m api --help; default: none, or "
+                         "the --config preset's)")
     ap.add_argument("--use_8bit", action="store_true", help="the course's spelling of --quantization bnb-8bit")
     ap.add_argument("--use_4bit", action="store_true", help="the course's spelling of --quantization bnb-4bit")
     add_judge_arguments(ap)
     ap.add_argument("--plot", metavar="RUNS_FILE", help="only plot accuracy vs throughput from a runs file")
     ap.add_argument("--plot-output", default="pareto.png")
-    return ap.parse_args(argv)
+    args, args.server_flags = ap.parse_known_args(argv)
+    return args
 
 
 def _extract(task: str, text: str):
@@ -146,16 +154,30 @@ def evaluate_task(backend, chat, task: str, args) -> tuple[list[dict], dict]:
 _ROUTER_LABEL = {"graphdev": "graph", "mmlu_med": "mmlu_med", "infobench": "infobench"}
 
 
-def _quantization(args) -> str:
-    """The quantization mode the flags ask for; ValueError if they contradict each other."""
-    asked = {args.quantization} - {"none"}
+def _quantization(args) -> str | None:
+    """The quantization mode the flags ask for (None: none asked); ValueError if they contradict each other."""
+    asked = {args.quantization} - {None, "none"}
     asked |= {"bnb-8bit"} if args.use_8bit else set()
     asked |= {"bnb-4bit"} if args.use_4bit else set()
     if len(asked) > 1:
         raise ValueError(f"conflicting quantization flags: {sorted(asked)}")
     if asked and args.server:
         raise ValueError("quantization applies to in-process models; a --server is quantized by its own flags")
-    return asked.pop() if asked else "none"
+    return asked.pop() if asked else args.quantization
+
+
+def _check_server_flags(args) -> None:
+    """ValueError unless the flags evaluate_local.py does not define are the in-process server's."""
+    if not args.server_flags:
+        return
+    if args.server:
+        raise ValueError(f"{' '.join(args.server_flags)}: not a flag of evaluate_local.py, and a --server is "
+                         "configured by its own flags")
+    from api.config import argument_parser
+    unknown = argument_parser().parse_known_args(args.server_flags)[1]
+    if unknown:
+        raise ValueError(f"unrecognized arguments (neither evaluate_local.py's nor python -m api's): "
+                         f"{' '.join(unknown)}")
 
 
 def _judge(args, backend):
@@ -179,6 +201,7 @@ def main(argv=None) -> int:
         print(f"wrote {args.plot_output}", file=sys.stderr)
         return 0
     try:
+        _check_server_flags(args)
         quantization = _quantization(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -190,10 +213,11 @@ def main(argv=None) -> int:
         backend_label = f"server {args.server}"
     else:
         from evaluation.backends import InProcessBackend
-        server_argv = ["--model", args.model] + (["--small-model", args.small_model] if args.small_model else []) \
-            + (["--policy", args.policy] if args.policy else []) \
-            + ["--request-timeout", str(args.request_timeout), "--quantization", quantization]
-        backend = InProcessBackend(server_argv)
+        own = {"--model": args.model, "--small-model": args.small_model, "--policy": args.policy,
+               "--request-timeout": str(args.request_timeout), "--quantization": quantization}
+        server_argv = [arg for flag, value in own.items() if value is not None for arg in (flag, value)]
+        backend = InProcessBackend(server_argv + args.server_flags)
+        quantization = backend.config.quantization  # a preset's, where --config named one
         backend_label = "in-process" + (f", {quantization}" if quantization != "none" else "")
     chat, judge_label = _judge(args, backend)
     if "infobench" in tasks and judge_label.startswith("local judge"):
@@ -209,11 +233,13 @@ def main(argv=None) -> int:
         backend.close()
     elapsed = time.monotonic() - start
     generation_s = sum(s["generation_elapsed_s"] for s in per_task.values())
-    label = args.label or f"{backend_label}, policy {args.policy or 'default'}, max_tokens {args.max_tokens}"
+    config = getattr(backend, "config", None)  # what the in-process server runs, a preset's settings included
+    small_model, policy = (config.small_model, config.policy) if config else (args.small_model, args.policy)
+    label = args.label or f"{backend_label}, policy {policy or 'default'}, max_tokens {args.max_tokens}"
     summary = {
         "label": label, "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
-        "backend": backend_label, "model": backend.model, "small_model": args.small_model, "policy": args.policy,
+        "backend": backend_label, "model": backend.model, "small_model": small_model, "policy": policy,
         "quantization": None if args.server else quantization,
         "judge": judge_label if "infobench" in tasks else None, "limit": args.limit, "batch_size": args.batch_size,
         "max_tokens": args.max_tokens, "tasks": per_task,

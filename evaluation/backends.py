@@ -24,7 +24,8 @@ class InProcessBackend:
     def __init__(self, server_argv: list[str]):
         from api.config import parse_args
         from api.launch import build_service
-        self.service = build_service(parse_args(server_argv))
+        self.config = parse_args(server_argv)  # `python -m api`'s settings, a --config preset's included
+        self.service = build_service(self.config)
         self.model = self.service.names["large"]
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, daemon=True).start()

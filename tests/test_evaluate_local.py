@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import evaluate_local
-from api.config import parse_args
+from api.config import PRESETS_DIR, parse_args
 from api.launch import build_service
 from api.protocol import parse_completion
 from evaluation.sets import load_items
@@ -42,14 +42,22 @@ def test_mmlu_enforcement_yields_a_parseable_answer(tiny_model_dir):
 
 
 def test_end_to_end_in_process(tiny_model_dir, tmp_path):
+    """The whole run, with the in-process server configured by `python -m api` flags passed through
+    (a --config preset naming the model, its policy and a shorter context, which also bounds the local
+    judge's replies), and the summary reporting the settings the server ran with."""
     output, runs = tmp_path / "results.json", tmp_path / "runs.jsonl"
-    argv = ["--task", "all", "--limit", "2", "--batch_size", "2", "--model", str(tiny_model_dir),
-            "--max-tokens", "8", "--output", str(output), "--runs", str(runs)]
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "speed.json").write_text((PRESETS_DIR / "policies" / "speed.json").read_text())
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps({"model": str(tiny_model_dir), "policy": "policies/speed.json"}))
+    argv = ["--task", "all", "--limit", "2", "--batch_size", "2", "--config", str(preset), "--max-model-len",
+            "2048", "--max-tokens", "8", "--output", str(output), "--runs", str(runs)]
     assert evaluate_local.main(argv) == 0
     result = json.loads(output.read_text())
     summary = result["summary"]
     assert set(summary["tasks"]) == {"graphdev", "mmlu_med", "infobench"}
     assert summary["judge"] == f"local judge: {tiny_model_dir.name}"
+    assert summary["policy"] == str(tmp_path / "policies" / "speed.json") and summary["backend"] == "in-process"
     assert summary["tasks"]["mmlu_med"]["parseable"] == 1.0
     assert all(s["misrouted"] == 0 and s["items"] == 2 for s in summary["tasks"].values())
     assert len(result["records"]) == 6
@@ -69,8 +77,10 @@ def test_end_to_end_in_process(tiny_model_dir, tmp_path):
     (["--use_8bit", "--use_4bit"], "conflicting quantization flags"),
     (["--use_4bit", "--quantization", "fp8"], "conflicting quantization flags"),
     (["--use_8bit", "--server", "http://127.0.0.1:9"], "a --server is quantized by its own flags"),
+    (["--limt", "3"], "unrecognized arguments (neither evaluate_local.py's nor python -m api's): --limt 3"),
+    (["--server", "http://127.0.0.1:9", "--max-model-len", "64"], "a --server is configured by its own flags"),
 ])
-def test_contradictory_quantization_flags_fail_clearly(argv, message, capsys):
+def test_contradictory_or_unknown_flags_fail_clearly(argv, message, capsys):
     assert evaluate_local.main(["--task", "mmlu_med"] + argv) == 2
     assert message in capsys.readouterr().err
 
