@@ -107,11 +107,13 @@ def test_unstreamed_text_decoded_once_equals_streamed_text(tiny_model_dir):
     for params in cases:
         streamed = run_prompts(engine, PROMPTS, params)
         for i, prompt in enumerate(PROMPTS):
-            engine.add_request("whole", prompt, params, stream=False)
-            outs = []
-            while engine.has_unfinished_requests():
-                outs += engine.step()
-            (whole,) = outs
+            engine.add_request(f"whole{i}", prompt, params, stream=False)
+        outs = []
+        while engine.has_unfinished_requests():
+            outs += engine.step()
+        assert sorted(o.request_id for o in outs) == sorted(f"whole{i}" for i in range(len(PROMPTS)))  # once each
+        for whole in outs:
+            i = int(whole.request_id.removeprefix("whole"))
             assert whole.finished and whole.outputs[0].token_ids == streamed[i].token_ids
             assert (whole.outputs[0].text, whole.outputs[0].finish_reason) == (streamed[i].text,
                                                                                 streamed[i].finish_reason)
