@@ -7,7 +7,9 @@ Per preset, one after the other, each server on an empty machine: `python -m api
 (plus --load-format/--tokenizer), the trace replayed as the course sends it (bench.replay), then
 SIGTERM. Reported: each engine's weight memory and KV blocks (from the server's log), requests served
 and failed, output tok/s and p50/p99 latency per task, and how long the server took to exit; one that
-did not exit within --exit-timeout is killed after printing every thread's stack into its log.
+did not exit within --exit-timeout is killed after printing every thread's stack into its log. After a
+replay with failed requests, the engines' gauges from /metrics (or that it did not answer) are kept
+too: they tell an engine stuck with work from an event loop that stopped answering.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 import re
 import sys
 from pathlib import Path
+
+import httpx
 
 from api.config import PRESETS_DIR
 from bench.replay import COURSE_TRACE, load_trace, replay, summarize
@@ -34,6 +38,18 @@ def engines_from_log(text: str) -> list[dict]:
             for m in _ENGINE_LINE.finditer(text)]
 
 
+def engine_gauges(url: str) -> str:
+    """The server's per-engine gauges (loop alive, running and waiting sequences, KV blocks in use) from
+    /metrics, or why there are none."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=5).text
+    except httpx.HTTPError as e:
+        return f"/metrics did not answer: {e!r}"
+    wanted = ("switchyard_engine_alive", "switchyard_running_sequences", "switchyard_waiting_sequences",
+              "switchyard_kv_blocks_used")
+    return "\n".join(line for line in text.splitlines() if line.startswith(wanted))
+
+
 def run_preset(name: str, args: argparse.Namespace, batches: list[dict], out_dir: Path) -> dict:
     argv = ["--config", name, "--load-format", args.load_format]
     if args.tokenizer:
@@ -43,7 +59,9 @@ def run_preset(name: str, args: argparse.Namespace, batches: list[dict], out_dir
     try:
         with running_server(argv, log=log, ready_timeout=args.ready_timeout, exit_timeout=args.exit_timeout) as srv:
             records = asyncio.run(replay(srv.url, batches, args.time_scale, args.request_timeout))
-        result["replay"] = summarize(records, args.window)
+            result["replay"] = summarize(records, args.window)
+            if result["replay"]["errors"]:
+                result["gauges_after_errors"] = engine_gauges(srv.url)
         result["exit_seconds"] = srv.exit_seconds
     except RuntimeError as e:  # it did not start: the log says why
         result["error"] = str(e)
@@ -66,6 +84,8 @@ def print_table(results: list[dict]) -> None:
         exited = "killed after SIGTERM" if seconds is None else f"exited {seconds:.1f} s after SIGTERM"
         print(f"    {rep['served_in_window']}/{rep['requests']} requests served, {rep['errors']} errors, "
               f"{rep['output_tok_per_s']:.0f} output tok/s, p99 s: {p99 or '-'}; {exited}")
+        if "gauges_after_errors" in r:
+            print("    after the errors: " + r["gauges_after_errors"].replace("\n", "; "))
 
 
 def main(argv=None) -> int:

@@ -20,14 +20,20 @@ def test_a_preset_is_served_and_replayed(tiny_model_dir, tmp_path, capsys):
     preset = tmp_path / "tiny.json"
     preset.write_text(json.dumps({"model": str(tiny_model_dir), "max_model_len": 2048, "kv_cache_gib": 0.05}))
     trace = tmp_path / "trace.json"
-    trace.write_text(json.dumps([{"arrival_time": t, "prompts": ["What is 2+2?"] * (1 + t), "max_length": 4}
-                                 for t in range(3)]))
+    # Three requests the server answers, and one it refuses (max_tokens 0): a replay with an error,
+    # after which the engines' gauges are read.
+    trace.write_text(json.dumps([{"arrival_time": t, "prompts": ["What is 2+2?"] * (1 + t), "max_length": 4 if t < 3
+                                  else 0} for t in range(4)]))
     assert main(["--presets", str(preset), "--load-format", "auto", "--trace", str(trace), "--time-scale", "0.1",
                  "--out-dir", str(tmp_path / "out")]) == 0
     [result] = json.loads((tmp_path / "out" / "presets.json").read_text())
-    assert result["replay"]["served_in_window"] == 3 and result["replay"]["errors"] == 0
+    assert result["replay"]["served_in_window"] == 3 and result["replay"]["errors"] == 1
     assert result["engines"][0]["kv_blocks"] > 0 and result["exit_seconds"] is not None
-    assert "3/3 requests served" in capsys.readouterr().out
+    gauges = result["gauges_after_errors"].splitlines()
+    assert any(g.startswith("switchyard_engine_alive{") and g.endswith(" 1.0") for g in gauges), gauges
+    assert any(g.startswith("switchyard_running_sequences{") and g.endswith(" 0.0") for g in gauges), gauges
+    out = capsys.readouterr().out
+    assert "3/4 requests served, 1 errors" in out and "after the errors: switchyard_engine_alive" in out
 
 
 def test_a_stuck_process_is_described_from_proc(tmp_path):
