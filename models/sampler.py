@@ -109,6 +109,9 @@ class SamplerOutput:
 
 
 _MASK32 = 0xFFFFFFFF
+# Rows with 0 < top_k <= this draw among their top_k candidates, selected with torch.topk; others sort
+# the whole vocabulary (Qwen3's recommended top_k is 20; its vocabulary is 151,936 tokens).
+TOP_K_SELECT = 1024
 
 
 def _mix32(x):
@@ -142,7 +145,6 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, rows: list) -> SamplerOutput:
         """Sample row i of `logits` as rows[i] (a models.rows.Row) asks. Raises SequenceError for a
         row whose own data fails, so that only its sequence fails."""
-        device = logits.device
         for i, row in enumerate(rows):
             try:
                 self._constrain(logits, i, row)
@@ -154,23 +156,37 @@ class Sampler:
             logprobs = torch.log_softmax(logits, dim=-1)
         sampled_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
         if sampled_rows:
-            sub = [rows[i].params for i in sampled_rows]
-            idx = to_device(sampled_rows, torch.int64, device)
-            floats = to_device([p.temperature for p in sub] + [p.top_p for p in sub] + [p.min_p for p in sub],
-                               torch.float32, device).view(3, -1)
-            probs = _filtered_probs(logits[idx], floats[0], to_device([p.top_k for p in sub], torch.int64, device),
-                                    floats[1], floats[2])
-            noise = torch.empty_like(probs).exponential_()
-            for j, i in enumerate(sampled_rows):
-                if rows[i].seed is not None:
-                    noise[j] = seeded_exponential(rows[i].seed, rows[i].num_output_tokens, probs.shape[1], device)
-            out.token_ids[idx] = (probs / noise).argmax(dim=-1)
+            self._race(logits, rows, sampled_rows, out.token_ids)
         if want_logprobs:
             out.logprobs = logprobs.gather(1, out.token_ids[:, None])[:, 0]
             k = max(want_logprobs)
             if k:
                 out.top_logprobs, out.top_ids = logprobs.topk(k, dim=-1)
         return out
+
+    def _race(self, logits: torch.Tensor, rows: list, sampled_rows: list[int], token_ids: torch.Tensor) -> None:
+        """Draw the sampled rows' tokens into `token_ids`, a group of rows at a time: the rows with the
+        same top_k (up to TOP_K_SELECT) race among their top_k candidates, selected without sorting the
+        vocabulary; the others among the whole vocabulary, sorted. A row's candidates depend only on its
+        own parameters, never on its batch, so a seeded row draws the same token in any batch."""
+        device, vocab = logits.device, logits.shape[-1]
+        groups: dict[int, list[int]] = {}
+        for i in sampled_rows:
+            k = rows[i].params.top_k
+            groups.setdefault(k if 0 < k <= TOP_K_SELECT else 0, []).append(i)
+        for k, members in groups.items():
+            sub = [rows[i].params for i in members]
+            idx = to_device(members, torch.int64, device)
+            floats = to_device([p.temperature for p in sub] + [p.top_p for p in sub] + [p.min_p for p in sub],
+                               torch.float32, device).view(3, -1)
+            candidates, cand_ids = _candidates(logits[idx], k)
+            probs = _filtered_probs(candidates, floats[0], to_device([p.top_k for p in sub], torch.int64, device),
+                                    floats[1], floats[2])
+            noise = torch.empty_like(probs).exponential_()
+            for j, i in enumerate(members):
+                if rows[i].seed is not None:  # noise per vocabulary id, then the candidates' share of it
+                    noise[j] = seeded_exponential(rows[i].seed, rows[i].num_output_tokens, vocab, device)[cand_ids[j]]
+            token_ids[idx] = cand_ids.gather(1, (probs / noise).argmax(dim=-1, keepdim=True))[:, 0]
 
     def _constrain(self, logits: torch.Tensor, i: int, row) -> None:
         """Mask, in place, what row i may not draw: tokens outside allowed_token_ids, and the
@@ -187,22 +203,29 @@ class Sampler:
             logits[i, to_device(banned, torch.int64, device)] = float("-inf")
 
 
-def _filtered_probs(logits, temperature, top_k, top_p, min_p) -> torch.Tensor:
-    """Probabilities after temperature, then top-k, then top-p (on the renormalised top-k set), then min-p.
+def _candidates(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's candidate logits in descending order and their token ids: the top_k largest
+    (torch.topk: a selection, much cheaper than sorting a 150k vocabulary), or all of them for 0 or a
+    top_k as large as the vocabulary."""
+    if 0 < top_k < logits.shape[-1]:
+        return logits.topk(top_k, dim=-1)
+    return logits.sort(dim=-1, descending=True)
+
+
+def _filtered_probs(candidates, temperature, top_k, top_p, min_p) -> torch.Tensor:
+    """Probabilities over each row's candidates (logits in descending order) after temperature, then
+    top-k, then top-p (on the renormalised top-k set), then min-p; the dropped ones get 0.
 
     top-p keeps the smallest prefix of the sorted distribution whose mass reaches p: a token stays
     if the mass strictly before it is below p. The most likely token always stays.
     """
-    logits = logits / temperature[:, None]
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    vocab = logits.shape[-1]
-    rank = torch.arange(vocab, device=logits.device)[None, :]
-    k = torch.where(top_k > 0, top_k, vocab)
-    sorted_logits = sorted_logits.masked_fill(rank >= k[:, None], float("-inf"))
-    sorted_probs = sorted_logits.softmax(dim=-1)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    drop = (mass_before >= top_p[:, None]) | (sorted_probs < min_p[:, None] * sorted_probs[:, :1])
+    candidates = candidates / temperature[:, None]
+    width = candidates.shape[-1]
+    rank = torch.arange(width, device=candidates.device)[None, :]
+    k = torch.where(top_k > 0, top_k, width)
+    candidates = candidates.masked_fill(rank >= k[:, None], float("-inf"))
+    probs = candidates.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop = (mass_before >= top_p[:, None]) | (probs < min_p[:, None] * probs[:, :1])
     drop[:, 0] = False
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    filtered = torch.empty_like(logits).scatter_(1, order, sorted_logits)
-    return filtered.softmax(dim=-1)
+    return candidates.masked_fill(drop, float("-inf")).softmax(dim=-1)

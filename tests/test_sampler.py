@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from models.errors import SequenceError
 from models.rows import PlainRow
-from models.sampler import Sampler, SamplingParams, _filtered_probs, seeded_exponential
+from models.sampler import Sampler, SamplingParams, _candidates, _filtered_probs, seeded_exponential
 from models.stop_rule import StopRule
 
 
@@ -39,11 +39,15 @@ def allowed_reference(logits: list[float], temperature, top_k, top_p, min_p) -> 
     top_p=st.sampled_from([0.1, 0.5, 0.8, 0.95, 1.0]),
     min_p=st.sampled_from([0.0, 0.05, 0.2]),
 )
-def test_filters_keep_exactly_the_allowed_tokens(logits, temperature, top_k, top_p, min_p):
+@pytest.mark.parametrize("selected", [True, False], ids=["top-k selected", "vocabulary sorted"])
+def test_filters_keep_exactly_the_allowed_tokens(selected, logits, temperature, top_k, top_p, min_p):
+    """Both ways of taking a row's candidates (its top_k by selection, or the whole vocabulary sorted,
+    top_k then applied as a mask) keep the same tokens: the definition's."""
     t = torch.tensor([logits], dtype=torch.float64)
-    probs = _filtered_probs(t, torch.tensor([temperature], dtype=torch.float64), torch.tensor([top_k]),
+    candidates, ids = _candidates(t, top_k if selected else 0)
+    probs = _filtered_probs(candidates, torch.tensor([temperature], dtype=torch.float64), torch.tensor([top_k]),
                             torch.tensor([top_p], dtype=torch.float64), torch.tensor([min_p], dtype=torch.float64))
-    kept = set(torch.nonzero(probs[0] > 0).flatten().tolist())
+    kept = set(ids[0][probs[0] > 0].tolist())
     expected = allowed_reference(logits, temperature, top_k, top_p, min_p)
     # A token whose preceding mass lands within rounding of top_p may go either way; nothing else may.
     assert kept == expected or _boundary_case(logits, temperature, top_k, top_p)
@@ -61,12 +65,18 @@ def _boundary_case(logits, temperature, top_k, top_p) -> bool:
     return False
 
 
-def test_sampled_tokens_follow_the_distribution():
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20000, 1)
-    rows = [PlainRow(params=SamplingParams(temperature=1.0))] * 20000
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_sampled_tokens_follow_the_distribution(top_k):
+    """Drawn frequencies match the filtered distribution, from the whole vocabulary or from the top_k
+    candidates selected."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -0.5]]).repeat(20000, 1)
+    rows = [PlainRow(params=SamplingParams(temperature=1.0, top_k=top_k))] * 20000
     tokens = Sampler()(logits, rows).token_ids
-    freq = torch.bincount(tokens, minlength=4).float() / 20000
-    expected = torch.softmax(torch.tensor([2.0, 1.0, 0.0, -1.0]), 0)
+    freq = torch.bincount(tokens, minlength=5).float() / 20000
+    kept = torch.tensor([2.0, 1.0, 0.0, -1.0, -0.5])
+    if top_k:
+        kept[kept < kept.topk(top_k).values[-1]] = float("-inf")
+    expected = torch.softmax(kept, 0)
     assert (freq - expected).abs().max() < 0.015
 
 
@@ -77,17 +87,21 @@ def test_top_k_one_and_greedy_agree():
     assert torch.equal(greedy, top1) and torch.equal(greedy, logits.argmax(-1))
 
 
-def test_seeded_rows_ignore_their_batch():
-    """The same (seed, step) gives the same token wherever the row sits and whoever is beside it."""
+@pytest.mark.parametrize("top_k", [0, 20])
+def test_seeded_rows_ignore_their_batch(top_k):
+    """The same (seed, step) gives the same token wherever the row sits and whoever is beside it,
+    whether its candidates are the whole vocabulary or its top_k, among rows of other top_k."""
     torch.manual_seed(0)
     row_logits = torch.randn(1000)
-    seeded = PlainRow(params=SamplingParams(temperature=0.9, top_p=0.95, seed=42), seed=42, num_output_tokens=7)
+    params = SamplingParams(temperature=0.9, top_p=0.95, top_k=top_k, seed=42)
+    seeded = PlainRow(params=params, seed=42, num_output_tokens=7)
     alone = Sampler()(row_logits[None].clone(), [seeded]).token_ids[0]
     for batch_size in (2, 5, 17):
         logits = torch.randn(batch_size, 1000)
         pos = batch_size // 2
         logits[pos] = row_logits
-        rows = [PlainRow(params=SamplingParams(temperature=1.0))] * batch_size
+        rows = [PlainRow(params=SamplingParams(temperature=1.0, top_k=(0, 5, 20, 700)[i % 4]))
+                for i in range(batch_size)]
         rows[pos] = seeded
         assert Sampler()(logits, rows).token_ids[pos] == alone
 
