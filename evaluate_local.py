@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from evaluation.sets import TASKS, Item, load_items
+from models.errors import ModelLoadError
 from models.quantization import MODES as QUANTIZATION_MODES
 from tasks.infobench_judge import add_judge_arguments, chat_from_args, judge_item, item_score
 from tasks.scoring import parse_graph_answer, parse_mmlu_answer, score_graph, score_mmlu
@@ -216,7 +217,11 @@ def main(argv=None) -> int:
         own = {"--model": args.model, "--small-model": args.small_model, "--policy": args.policy,
                "--request-timeout": str(args.request_timeout), "--quantization": quantization}
         server_argv = [arg for flag, value in own.items() if value is not None for arg in (flag, value)]
-        backend = InProcessBackend(server_argv + args.server_flags)
+        try:
+            backend = InProcessBackend(server_argv + args.server_flags)
+        except (ModelLoadError, ValueError, OSError) as e:  # as `python -m api` reports them
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         quantization = backend.config.quantization  # a preset's, where --config named one
         backend_label = "in-process" + (f", {quantization}" if quantization != "none" else "")
     chat, judge_label = _judge(args, backend)

@@ -79,6 +79,7 @@ def test_end_to_end_in_process(tiny_model_dir, tmp_path):
     (["--use_8bit", "--server", "http://127.0.0.1:9"], "a --server is quantized by its own flags"),
     (["--limt", "3"], "unrecognized arguments (neither evaluate_local.py's nor python -m api's): --limt 3"),
     (["--server", "http://127.0.0.1:9", "--max-model-len", "64"], "a --server is configured by its own flags"),
+    (["--model", "/nonexistent/model"], "error: model '/nonexistent/model': not a model directory"),
 ])
 def test_contradictory_or_unknown_flags_fail_clearly(argv, message, capsys):
     assert evaluate_local.main(["--task", "mmlu_med"] + argv) == 2
