@@ -27,6 +27,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _last_line(log: Path) -> str:
+    """The log's last non-empty line: what a server that exited at start said last (its error)."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
 def thread_states(pid: int) -> str:
     """One line per thread of process `pid`: its name, scheduler state (R running, S sleeping, D in an
     uninterruptible wait, typically the kernel or a driver) and the kernel function it waits in, plus
@@ -85,7 +91,9 @@ def running_server(argv: list[str], port: int = 0, ready_timeout: float = 900.0,
         deadline = time.monotonic() + ready_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with status {proc.returncode} before it was ready")
+                said = _last_line(log) if log is not None else ""
+                raise RuntimeError(f"the server exited with status {proc.returncode} before it was ready"
+                                   + (f": {said}" if said else ""))
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(server.url + "/health", timeout=5).status_code == 200:
                     break

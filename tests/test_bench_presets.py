@@ -53,3 +53,10 @@ def test_a_stuck_process_is_described_from_proc(tmp_path):
     threads = [line for line in text.splitlines() if line.startswith("thread ")]
     assert len(threads) == 2 and all("state S" in line for line in threads), text
     assert "did not exit after SIGTERM" in text and "GPUs" in text
+
+
+def test_a_preset_that_cannot_start_says_why(tmp_path, capsys):
+    assert main(["--presets", "nosuch", "--out-dir", str(tmp_path)]) == 0
+    [result] = json.loads((tmp_path / "presets.json").read_text())
+    assert result["engines"] == [] and "preset 'nosuch'" in result["error"]  # the server's own error line
+    assert "failed: the server exited with status 2 before it was ready: " in capsys.readouterr().out
