@@ -123,13 +123,16 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
-def seeded_exponential(seed: int, step: int, vocab: int, device) -> torch.Tensor:
-    """Exp(1) noise [vocab] that depends only on (seed, step): reproducible whatever the batch is."""
-    key = _mix32((_mix32(step & _MASK32) ^ (seed & _MASK32)) + ((seed >> 32) & _MASK32))
-    ids = torch.arange(vocab, dtype=torch.int64, device=device)
-    bits = _mix32(_mix32(ids ^ key) + key)
-    uniform = (bits.double() + 0.5) / 2**32
-    return -torch.log(uniform)
+def noise_key(seed: int, step: int) -> int:
+    """The 32-bit key of a seeded row's noise at one step of its output."""
+    return _mix32((_mix32(step & _MASK32) ^ (seed & _MASK32)) + ((seed >> 32) & _MASK32))
+
+
+def seeded_exponential(keys: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Exp(1) noise [S, W] at token `ids` [S, W] for rows keyed by `keys` [S, 1] (noise_key): the
+    value for a (seed, step, token id) depends on nothing else, not the batch nor the ids asked for."""
+    bits = _mix32(_mix32(ids ^ keys) + keys)
+    return -torch.log((bits.double() + 0.5) / 2**32)
 
 
 class Sampler:
@@ -169,7 +172,7 @@ class Sampler:
         same top_k (up to TOP_K_SELECT) race among their top_k candidates, selected without sorting the
         vocabulary; the others among the whole vocabulary, sorted. A row's candidates depend only on its
         own parameters, never on its batch, so a seeded row draws the same token in any batch."""
-        device, vocab = logits.device, logits.shape[-1]
+        device = logits.device
         groups: dict[int, list[int]] = {}
         for i in sampled_rows:
             k = rows[i].params.top_k
@@ -183,9 +186,15 @@ class Sampler:
             probs = _filtered_probs(candidates, floats[0], to_device([p.top_k for p in sub], torch.int64, device),
                                     floats[1], floats[2])
             noise = torch.empty_like(probs).exponential_()
-            for j, i in enumerate(members):
-                if rows[i].seed is not None:  # noise per vocabulary id, then the candidates' share of it
-                    noise[j] = seeded_exponential(rows[i].seed, rows[i].num_output_tokens, vocab, device)[cand_ids[j]]
+            seeded = [(j, rows[i]) for j, i in enumerate(members) if rows[i].seed is not None]
+            if seeded:  # their own noise at their candidates' ids
+                keys = to_device([noise_key(r.seed, r.num_output_tokens) for _, r in seeded], torch.int64, device)
+                if k:  # k ids a row: every seeded row of the group at once
+                    at = to_device([j for j, _ in seeded], torch.int64, device)
+                    noise[at] = seeded_exponential(keys[:, None], cand_ids[at]).to(noise.dtype)
+                else:  # the whole vocabulary: a row at a time keeps the hash's intermediates small
+                    for n, (j, _) in enumerate(seeded):
+                        noise[j] = seeded_exponential(keys[n:n + 1, None], cand_ids[j:j + 1])[0].to(noise.dtype)
             token_ids[idx] = cand_ids.gather(1, (probs / noise).argmax(dim=-1, keepdim=True))[:, 0]
 
     def _constrain(self, logits: torch.Tensor, i: int, row) -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from models.errors import SequenceError
 from models.rows import PlainRow
-from models.sampler import Sampler, SamplingParams, _candidates, _filtered_probs, seeded_exponential
+from models.sampler import Sampler, SamplingParams, _candidates, _filtered_probs, noise_key, seeded_exponential
 from models.stop_rule import StopRule
 
 
@@ -106,12 +106,25 @@ def test_seeded_rows_ignore_their_batch(top_k):
         assert Sampler()(logits, rows).token_ids[pos] == alone
 
 
+def _noise(seed: int, step: int, vocab: int = 1000) -> torch.Tensor:
+    return seeded_exponential(torch.tensor([[noise_key(seed, step)]]), torch.arange(vocab)[None])[0]
+
+
 def test_seeded_noise_differs_by_seed_and_step():
-    a = seeded_exponential(1, 0, 1000, "cpu")
-    assert torch.equal(a, seeded_exponential(1, 0, 1000, "cpu"))
-    assert not torch.equal(a, seeded_exponential(2, 0, 1000, "cpu"))
-    assert not torch.equal(a, seeded_exponential(1, 1, 1000, "cpu"))
+    a = _noise(1, 0)
+    assert torch.equal(a, _noise(1, 0))
+    assert not torch.equal(a, _noise(2, 0))
+    assert not torch.equal(a, _noise(1, 1))
     assert abs(a.mean().item() - 1.0) < 0.1  # Exp(1) has mean 1
+
+
+def test_seeded_noise_at_some_ids_is_the_whole_noise_there():
+    """Rows drawing among their top_k ask for their candidates' noise only, several rows at once: each
+    value is the one the whole vocabulary's noise has at that id, for that row's seed and step."""
+    ids = torch.tensor([[5, 999, 0, 17], [3, 3, 400, 1]])
+    keys = torch.tensor([[noise_key(7, 3)], [noise_key(2**40 + 9, 0)]])
+    both = seeded_exponential(keys, ids)
+    assert torch.equal(both[0], _noise(7, 3)[ids[0]]) and torch.equal(both[1], _noise(2**40 + 9, 0)[ids[1]])
 
 
 def test_min_tokens_bans_stop_tokens_and_logprobs_are_consistent():
