@@ -168,28 +168,32 @@ class Sampler:
         return out
 
     def _race(self, logits: torch.Tensor, rows: list, sampled_rows: list[int], token_ids: torch.Tensor) -> None:
-        """Draw the sampled rows' tokens into `token_ids`, a group of rows at a time: the rows with the
-        same top_k (up to TOP_K_SELECT) race among their top_k candidates, selected without sorting the
-        vocabulary; the others among the whole vocabulary, sorted. A row's candidates depend only on its
-        own parameters, never on its batch, so a seeded row draws the same token in any batch."""
-        device = logits.device
+        """Draw the sampled rows' tokens into `token_ids`, a group of rows at a time (see _group): rows
+        without a filter draw from softmax(logits / T) as they stand, rows with the same top_k (up to
+        TOP_K_SELECT) among their top_k candidates, selected without sorting the vocabulary, the others
+        among the whole vocabulary, sorted. A row's candidates depend only on its own parameters, never
+        on its batch, so a seeded row draws the same token in any batch."""
+        device, vocab = logits.device, logits.shape[-1]
         groups: dict[int, list[int]] = {}
         for i in sampled_rows:
-            k = rows[i].params.top_k
-            groups.setdefault(k if 0 < k <= TOP_K_SELECT else 0, []).append(i)
-        for k, members in groups.items():
+            groups.setdefault(_group(rows[i].params), []).append(i)
+        for group, members in groups.items():
             sub = [rows[i].params for i in members]
             idx = to_device(members, torch.int64, device)
             floats = to_device([p.temperature for p in sub] + [p.top_p for p in sub] + [p.min_p for p in sub],
                                torch.float32, device).view(3, -1)
-            candidates, cand_ids = _candidates(logits[idx], k)
-            probs = _filtered_probs(candidates, floats[0], to_device([p.top_k for p in sub], torch.int64, device),
-                                    floats[1], floats[2])
+            if group == _UNFILTERED:  # nothing to cut, so no order to find: every token in place
+                probs = (logits[idx] / floats[0][:, None]).softmax(dim=-1)
+                cand_ids = torch.arange(vocab, device=device).expand(len(members), vocab)
+            else:
+                candidates, cand_ids = _candidates(logits[idx], group)
+                probs = _filtered_probs(candidates, floats[0], to_device([p.top_k for p in sub], torch.int64, device),
+                                        floats[1], floats[2])
             noise = torch.empty_like(probs).exponential_()
             seeded = [(j, rows[i]) for j, i in enumerate(members) if rows[i].seed is not None]
             if seeded:  # their own noise at their candidates' ids
                 keys = to_device([noise_key(r.seed, r.num_output_tokens) for _, r in seeded], torch.int64, device)
-                if k:  # k ids a row: every seeded row of the group at once
+                if group > 0:  # top_k ids a row: every seeded row of the group at once
                     at = to_device([j for j, _ in seeded], torch.int64, device)
                     noise[at] = seeded_exponential(keys[:, None], cand_ids[at]).to(noise.dtype)
                 else:  # the whole vocabulary: a row at a time keeps the hash's intermediates small
@@ -210,6 +214,16 @@ class Sampler:
         banned = self.stop_rule.banned_ids(row.params, row.num_output_tokens)
         if banned:
             logits[i, to_device(banned, torch.int64, device)] = float("-inf")
+
+
+_UNFILTERED = -1  # the group of rows with no top-k, top-p or min-p filter
+
+
+def _group(params: SamplingParams) -> int:
+    """Which way a sampled row draws: _UNFILTERED, its top_k (selected), or 0 (the vocabulary sorted)."""
+    if params.top_k == 0 and params.top_p >= 1.0 and params.min_p == 0.0:
+        return _UNFILTERED
+    return params.top_k if 0 < params.top_k <= TOP_K_SELECT else 0
 
 
 def _candidates(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:

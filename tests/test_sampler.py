@@ -80,6 +80,18 @@ def test_sampled_tokens_follow_the_distribution(top_k):
     assert (freq - expected).abs().max() < 0.015
 
 
+def test_an_unfiltered_seeded_row_draws_from_the_tempered_softmax():
+    """Without top-k, top-p or min-p a row races softmax(logits / T) against its noise at every id,
+    exactly: no sort, no cut of the distribution's tail."""
+    torch.manual_seed(1)
+    logits = torch.randn(3, 500)
+    rows = [PlainRow(params=SamplingParams(temperature=0.6, seed=s), seed=s, num_output_tokens=4) for s in (5, 6, 7)]
+    drawn = Sampler()(logits.clone(), rows).token_ids
+    for i, s in enumerate((5, 6, 7)):
+        noise = seeded_exponential(torch.tensor([[noise_key(s, 4)]]), torch.arange(500)[None])[0].float()
+        assert drawn[i] == ((logits[i] / 0.6).softmax(-1) / noise).argmax()
+
+
 def test_top_k_one_and_greedy_agree():
     logits = torch.randn(8, 100)
     greedy = Sampler()(logits.clone(), [PlainRow(params=SamplingParams(temperature=0))] * 8).token_ids
@@ -87,13 +99,14 @@ def test_top_k_one_and_greedy_agree():
     assert torch.equal(greedy, top1) and torch.equal(greedy, logits.argmax(-1))
 
 
-@pytest.mark.parametrize("top_k", [0, 20])
-def test_seeded_rows_ignore_their_batch(top_k):
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.95), (20, 0.95), (0, 1.0)],
+                         ids=["vocabulary sorted", "top-k selected", "unfiltered"])
+def test_seeded_rows_ignore_their_batch(top_k, top_p):
     """The same (seed, step) gives the same token wherever the row sits and whoever is beside it,
-    whether its candidates are the whole vocabulary or its top_k, among rows of other top_k."""
+    whichever way its candidates are taken, among rows that take theirs in other ways."""
     torch.manual_seed(0)
     row_logits = torch.randn(1000)
-    params = SamplingParams(temperature=0.9, top_p=0.95, top_k=top_k, seed=42)
+    params = SamplingParams(temperature=0.9, top_p=top_p, top_k=top_k, seed=42)
     seeded = PlainRow(params=params, seed=42, num_output_tokens=7)
     alone = Sampler()(row_logits[None].clone(), [seeded]).token_ids[0]
     for batch_size in (2, 5, 17):
