@@ -109,9 +109,10 @@ class SamplerOutput:
 
 
 _MASK32 = 0xFFFFFFFF
-# Rows with 0 < top_k <= this draw among their top_k candidates, selected with torch.topk; others sort
-# the whole vocabulary (Qwen3's recommended top_k is 20; its vocabulary is 151,936 tokens).
+# Rows with 0 < top_k <= this draw among their top_k candidates, selected with torch.topk; other rows
+# with a filter sort the whole vocabulary (Qwen3's recommended top_k is 20; its vocabulary is 151,936).
 TOP_K_SELECT = 1024
+_UNFILTERED = -1  # the group of rows with no top-k, top-p or min-p filter: drawn in place, unsorted
 
 
 def _mix32(x):
@@ -214,9 +215,6 @@ class Sampler:
         banned = self.stop_rule.banned_ids(row.params, row.num_output_tokens)
         if banned:
             logits[i, to_device(banned, torch.int64, device)] = float("-inf")
-
-
-_UNFILTERED = -1  # the group of rows with no top-k, top-p or min-p filter
 
 
 def _group(params: SamplingParams) -> int:
