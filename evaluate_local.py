@@ -212,6 +212,7 @@ def main(argv=None) -> int:
         from evaluation.backends import HttpBackend
         backend = HttpBackend(args.server, timeout_s=args.request_timeout)
         backend_label = f"server {args.server}"
+        small_model, policy = args.small_model, args.policy
     else:
         from evaluation.backends import InProcessBackend
         own = {"--model": args.model, "--small-model": args.small_model, "--policy": args.policy,
@@ -222,7 +223,8 @@ def main(argv=None) -> int:
         except (ModelLoadError, ValueError, OSError) as e:  # as `python -m api` reports them
             print(f"error: {e}", file=sys.stderr)
             return 2
-        quantization = backend.config.quantization  # a preset's, where --config named one
+        config = backend.config  # what the server runs, a --config preset's settings included
+        quantization, small_model, policy = config.quantization, config.small_model, config.policy
         backend_label = "in-process" + (f", {quantization}" if quantization != "none" else "")
     chat, judge_label = _judge(args, backend)
     if "infobench" in tasks and judge_label.startswith("local judge"):
@@ -238,8 +240,6 @@ def main(argv=None) -> int:
         backend.close()
     elapsed = time.monotonic() - start
     generation_s = sum(s["generation_elapsed_s"] for s in per_task.values())
-    config = getattr(backend, "config", None)  # what the in-process server runs, a preset's settings included
-    small_model, policy = (config.small_model, config.policy) if config else (args.small_model, args.policy)
     label = args.label or f"{backend_label}, policy {policy or 'default'}, max_tokens {args.max_tokens}"
     summary = {
         "label": label, "date": datetime.datetime.now().isoformat(timespec="seconds"),
