@@ -87,7 +87,7 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_p
                    stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
                    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr):
+                   DOT_PRECISION: tl.constexpr, FP16_DOTS: tl.constexpr):
     """Program (kv_head, seq, split): the GROUP query heads sharing kv_head, over one context partition.
 
     Programs are dispatched in grid order: a batch sorted longest-first (the scheduler sorts its
@@ -112,6 +112,8 @@ def _decode_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_p
     head_mask = offs_g < GROUP
     q = tl.load(q_ptr + seq.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=head_mask[:, None], other=0.0)
+    if FP16_DOTS:  # K/V (and p) follow q's dtype below
+        q = q.to(tl.float16)
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
@@ -214,6 +216,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=group, GROUP_PAD=max(_MIN_DOT, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=k_cache.shape[1], BLOCK_N=block_n, SPLIT=split, DOT_PRECISION=_dot_precision(q.dtype),
+        FP16_DOTS=_fp16_dots(q, k_cache),
         num_warps=DECODE_CONFIG["num_warps"], num_stages=DECODE_CONFIG["num_stages"])
     if split:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
@@ -231,7 +234,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
                     qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    FP16_DOTS: tl.constexpr):
     """Program (seq, query tile, q_head): FlashAttention-style pass over the keys the tile can see.
 
     The sequence's queries sit at positions seq_len - q_len ... seq_len - 1. Keys before the tile's
@@ -255,6 +259,8 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_sta
     tokens = (q_start + offs_m).to(tl.int64)
     q = tl.load(q_ptr + tokens[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
                 mask=row_mask[:, None], other=0.0)
+    if FP16_DOTS:
+        q = q.to(tl.float16)
     first_pos = seq_len - q_len + m0
     q_pos = first_pos + tl.arange(0, BLOCK_M)
     kv_head_off = (head // GROUP) * stride_ch
@@ -329,6 +335,7 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
         BLOCK_M=_PREFILL_BLOCK_M, BLOCK_N=_PREFILL_BLOCK_N, DOT_PRECISION=_dot_precision(q.dtype),
+        FP16_DOTS=_fp16_dots(q, k_cache),
         num_warps=4, num_stages=2)
     return out
 
@@ -364,6 +371,14 @@ def _check_attention_args(q: torch.Tensor, out: torch.Tensor, k_cache: torch.Ten
 def _dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get exact (FMA) dots; the GPU default, tf32, would cost about 1e-3 relative error."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _fp16_dots(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether the dots run in fp16 rather than q's bf16: for an fp8 (e4m3) cache, whose values the GPU
+    converts to fp16 in one instruction per pair (sm89+), while Triton makes bf16 from that fp16 with
+    further conversions per value, on every K/V load. fp16 holds e4m3 exactly, and q (normed, rotated)
+    and p (in [0, 1]) fit its range with more mantissa than bf16; the dots accumulate in fp32 either way."""
+    return k_cache.dtype == torch.float8_e4m3fn and q.dtype == torch.bfloat16
 
 
 def _num_sms(device: torch.device) -> int:
