@@ -121,8 +121,14 @@ def build_app(service: CompletionService, *, api_key: str | None = None, public_
 
     async def health(request: Request) -> Response:
         broken = sorted({role for role, e in service.engines.items() if not e.healthy})
-        if broken:
-            return JSONResponse({"status": "unhealthy", "engines": broken}, status_code=503)
+        # An engine whose step has run for minutes is alive but serves nobody: an orchestrator should
+        # restart the server as it would a dead one.
+        stalled = {role: round(e.stalled_seconds) for role, e in service.engines.items() if e.healthy and e.stalled}
+        if broken or stalled:
+            body = {"status": "unhealthy", "engines": sorted(set(broken) | set(stalled))}
+            if stalled:
+                body["stalled_step_seconds"] = stalled
+            return JSONResponse(body, status_code=503)
         if service.closing is not None:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         return JSONResponse({"status": "ok", "in_flight": service.in_flight})

@@ -27,6 +27,7 @@ class _EngineCollector:
         yield slots
         gauges = {name: GaugeMetricFamily(f"switchyard_{name}", doc, labels=["model"]) for name, doc in (
             ("engine_alive", "1 while the engine's stepping loop runs"),
+            ("stalled_step_seconds", "how long the step in progress has run, once past the stall threshold; else 0"),
             ("running_sequences", "sequences holding KV blocks"),
             ("waiting_sequences", "sequences queued, new or preempted"),
             ("kv_blocks_used", "KV cache blocks in use"),
@@ -40,7 +41,8 @@ class _EngineCollector:
                 continue
             seen.add(id(engine))
             s = engine.stats()
-            values = {"engine_alive": float(engine.healthy), "running_sequences": s.running,
+            values = {"engine_alive": float(engine.healthy), "stalled_step_seconds": engine.stalled_seconds,
+                      "running_sequences": s.running,
                       "waiting_sequences": s.waiting, "kv_blocks_used": s.kv_blocks_total - s.kv_blocks_free,
                       "kv_blocks_free": s.kv_blocks_free,
                       "prefix_cache_hit_rate": s.prefix_hit_tokens / s.prefix_query_tokens

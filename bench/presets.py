@@ -45,8 +45,8 @@ def engine_gauges(url: str) -> str:
         text = httpx.get(url + "/metrics", timeout=5).text
     except httpx.HTTPError as e:
         return f"/metrics did not answer: {e!r}"
-    wanted = ("switchyard_engine_alive", "switchyard_running_sequences", "switchyard_waiting_sequences",
-              "switchyard_kv_blocks_used")
+    wanted = ("switchyard_engine_alive", "switchyard_stalled_step_seconds", "switchyard_running_sequences",
+              "switchyard_waiting_sequences", "switchyard_kv_blocks_used")
     return "\n".join(line for line in text.splitlines() if line.startswith(wanted))
 
 

@@ -47,6 +47,7 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._death: BaseException | None = None
+        self.stalled_seconds = 0.0  # > 0 while a step has run past StepLoop.STALL_SECONDS (as last reported)
         self._steps = StepLoop(engine, name, self._emit) if engine is not None else None
 
     @property
@@ -69,6 +70,12 @@ class AsyncEngine:
     def healthy(self) -> bool:
         """False once the stepping thread has died."""
         return self._death is None
+
+    @property
+    def stalled(self) -> bool:
+        """True while the step in progress has run past StepLoop.STALL_SECONDS: alive, but stuck (a
+        GPU kernel that never ends looks like this), so a health check should fail."""
+        return self.stalled_seconds > 0
 
     # ---- the event loop's side
 
@@ -103,6 +110,8 @@ class AsyncEngine:
             self._fail_streams(message[1], message[2])
         elif kind == "died":
             self._die(message[1])
+        elif kind == "stall":
+            self.stalled_seconds = message[1]
 
     async def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                      request_id: str | None = None, on_output: Callable[[RequestOutput | BaseException], None]
@@ -219,6 +228,8 @@ class StepLoop:
         ("outputs", [RequestOutput])                       a step's outputs
         ("failed", exception, [request_id])                a step failed: these requests end with it
         ("died", exception)                                the loop itself broke (a bug): nothing more comes
+        ("stall", seconds)                                 the step in progress has run this long, past
+                                                           STALL_SECONDS; ("stall", 0.0) once it ends
         ("idle",)                                          no request left: it waits for the next add
     It runs on AsyncEngine's thread (emit hands the message to the event loop) or in the process of
     an EngineProcess (emit sends it down a pipe). It never waits for its reader, so the GPU is fed
@@ -227,6 +238,7 @@ class StepLoop:
     # A step that has run this long is reported with every thread's stack (once a step): a GPU step
     # takes milliseconds, a first step with compilation seconds; minutes mean something is stuck.
     STALL_SECONDS = 120.0
+    WATCH_SECONDS = 10.0  # how often the watchdog looks
 
     def __init__(self, engine: LLMEngine, name: str, emit: Callable[..., None]):
         self.engine, self.name, self.emit = engine, name, emit
@@ -234,6 +246,8 @@ class StepLoop:
         self.work = threading.Event()
         self.stopping = False
         self._step_started: float | None = None  # when the step in progress began
+        self._stall_reported = False  # a ("stall", seconds) has gone out for the step in progress
+        self._stall_lock = threading.Lock()
         self._steps_begun = 0
 
     def post(self, item: tuple) -> None:
@@ -262,9 +276,14 @@ class StepLoop:
     def _watch(self, done: threading.Event) -> None:
         """The watchdog: report a step that has run past STALL_SECONDS, with where every thread is."""
         reported = None
-        while not done.wait(min(self.STALL_SECONDS / 4, 10.0)):
-            started, step = self._step_started, self._steps_begun
-            if started is not None and step != reported and time.monotonic() - started > self.STALL_SECONDS:
+        while not done.wait(min(self.STALL_SECONDS / 4, self.WATCH_SECONDS)):
+            with self._stall_lock:  # against the step ending meanwhile: its ("stall", 0.0) must come last
+                started, step = self._step_started, self._steps_begun
+                if started is None or time.monotonic() - started <= self.STALL_SECONDS:
+                    continue
+                self._stall_reported = True
+                self.emit("stall", time.monotonic() - started)  # while it lasts, for health checks and metrics
+            if step != reported:
                 reported = step
                 logger.warning("engine %r: a step has run for %.0f s (%d sequences running); every thread's "
                                "stack follows on stderr", self.name, time.monotonic() - started,
@@ -290,8 +309,9 @@ class StepLoop:
                     self.work.wait()
                     self.work.clear()
                     continue
-                self._steps_begun += 1
-                self._step_started = time.monotonic()
+                with self._stall_lock:
+                    self._steps_begun += 1
+                    self._step_started = time.monotonic()
                 try:
                     outputs = self.engine.step()
                 except Exception as e:  # a failed step fails the requests in flight, not the server
@@ -300,7 +320,11 @@ class StepLoop:
                     self.emit("failed", RuntimeError(f"engine step failed: {type(e).__name__}: {e}"), failed)
                     continue
                 finally:
-                    self._step_started = None
+                    with self._stall_lock:
+                        self._step_started = None
+                        if self._stall_reported:  # the stalled step has ended after all
+                            self._stall_reported = False
+                            self.emit("stall", 0.0)
                 if outputs:
                     self.emit("outputs", outputs)
         except BaseException as e:

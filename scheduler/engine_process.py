@@ -132,12 +132,15 @@ def _child_main(config: EngineConfig, name: str, conn) -> None:
         conn.send((("failed", _portable(e)), None))
         return
 
+    sending = threading.Lock()  # the step loop and its watchdog both report, from two threads
+
     def emit(*message) -> None:
         if message[0] in ("accepted", "failed", "died"):
             message = tuple(_portable(m) if isinstance(m, BaseException) else m for m in message)
         elif message[0] == "outputs":
             message = ("outputs", _pack(message[1]))
-        conn.send((message, engine.stats()))
+        with sending:
+            conn.send((message, engine.stats()))
 
     steps = StepLoop(engine, name, emit)
 

@@ -112,6 +112,23 @@ def test_models_health_metrics(server):
         assert name in text, name
 
 
+def test_health_turns_503_while_a_step_is_stalled(server):
+    engine = server.service.engines["large"]
+    engine.stalled_seconds = 131.4  # as the step loop's watchdog reports a step stuck for 131 s
+    try:
+        r = httpx.get(server.url + "/health")
+        assert r.status_code == 503, r.text
+        assert r.json() == {"status": "unhealthy", "engines": sorted({role for role, e in
+                                                                       server.service.engines.items() if e is engine}),
+                            "stalled_step_seconds": {role: 131 for role, e in server.service.engines.items()
+                                                     if e is engine}}
+        text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+        assert 'switchyard_stalled_step_seconds{model="large"} 131.4' in text
+    finally:
+        engine.stalled_seconds = 0.0  # the step ended
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
 @pytest.mark.parametrize("path", ["/v1/models", "/metrics"])
 @pytest.mark.parametrize("authorization", [None, "Bearer nope", f"Bearer {KEY}x", f"bearer {KEY}", KEY])
 def test_every_route_but_health_needs_the_key(server, path, authorization):

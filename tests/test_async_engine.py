@@ -211,32 +211,44 @@ def test_output_callbacks_get_what_a_stream_gets(tiny_model_dir, expected):
 
 
 def test_a_stuck_step_is_reported_with_every_threads_stack(monkeypatch, caplog, capfd):
-    """The step loop's watchdog names a step that has run past STALL_SECONDS and dumps the stacks."""
+    """The step loop's watchdog names a step that has run past STALL_SECONDS and dumps the stacks, and
+    the engine reads as stalled (for /health) while that step lasts, and as not stalled once it ends."""
     import threading
-    import time
     import types
 
     from scheduler.async_engine import StepLoop
 
     monkeypatch.setattr(StepLoop, "STALL_SECONDS", 0.2)
-    release = threading.Event()
+    monkeypatch.setattr(StepLoop, "WATCH_SECONDS", 0.05)
+    release, stepped = threading.Event(), threading.Event()
 
     def stuck_step_for_the_test():
+        stepped.set()
         release.wait(5)
         return []
 
-    engine = types.SimpleNamespace(has_unfinished_requests=lambda: not release.is_set(), step=stuck_step_for_the_test,
-                                   scheduler=types.SimpleNamespace(running=[1, 2, 3]))
-    steps = StepLoop(engine, "stuck", lambda *message: None)
-    runner = threading.Thread(target=steps.run)
-    with caplog.at_level("WARNING"):
-        runner.start()
-        deadline = time.monotonic() + 5
-        while "has run for" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.05)
+    fake = types.SimpleNamespace(has_unfinished_requests=lambda: not stepped.is_set() or not release.is_set(),
+                                 step=stuck_step_for_the_test, scheduler=types.SimpleNamespace(running=[1, 2, 3]),
+                                 abort_all_requests=lambda: [])
+    engine = AsyncEngine(fake, "stuck")
+
+    async def until(condition, seconds=5.0):
+        for _ in range(int(seconds / 0.02)):
+            if condition():
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    async def main():
+        engine._ensure_started()
+        assert await until(lambda: stepped.is_set()) and not engine.stalled  # a step, not yet a stall
+        assert await until(lambda: engine.stalled) and engine.stalled_seconds > 0.2
         release.set()
-        steps.stop()
-        runner.join(5)
+        assert await until(lambda: not engine.stalled)  # the step ended: healthy again
+        await engine.shutdown()
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(main())
     assert "engine 'stuck': a step has run for" in caplog.text and "(3 sequences running)" in caplog.text
-    assert caplog.text.count("has run for") == 1  # once a step
+    assert caplog.text.count("has run for") == 1  # once a step, though the stall was seen several times
     assert "stuck_step_for_the_test" in capfd.readouterr().err
