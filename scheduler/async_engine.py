@@ -285,9 +285,10 @@ class StepLoop:
                 self.emit("stall", time.monotonic() - started)  # while it lasts, for health checks and metrics
             if step != reported:
                 reported = step
-                logger.warning("engine %r: a step has run for %.0f s (%d sequences running); every thread's "
-                               "stack follows on stderr", self.name, time.monotonic() - started,
-                               len(self.engine.scheduler.running))
+                logger.warning("engine %r: a step has run for %.0f s (%d sequences running; the last steps "
+                               "launched: %s); every thread's stack follows on stderr", self.name,
+                               time.monotonic() - started, len(self.engine.scheduler.running),
+                               "; ".join(self.engine.recent_steps))
                 with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
                     faulthandler.dump_traceback(sys.stderr, all_threads=True)
 

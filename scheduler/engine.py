@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -155,6 +156,8 @@ class LLMEngine:
         self.async_scheduling = (device.type == "cuda" if config.async_scheduling is None
                                  else config.async_scheduling)
         self._in_flight: StepResult | None = None  # the launched step whose tokens are not processed yet
+        # What the last two launched steps held, for the stall report: which work a stuck GPU is on.
+        self.recent_steps: collections.deque[str] = collections.deque(maxlen=2)
 
     def _num_kv_blocks(self, dtype: torch.dtype, max_len: int) -> int:
         cfg = self.config
@@ -277,6 +280,7 @@ class LLMEngine:
             launched = None
             if batch.seqs:
                 try:
+                    self.recent_steps.append(_describe(batch.num_new_tokens))
                     launched = self.runner.execute(batch.seqs, batch.num_new_tokens,
                                                    self._pending_inputs(batch, in_flight))
                 except SequenceError as e:
@@ -397,3 +401,10 @@ class LLMEngine:
             request_id=state.request_id, prompt=state.prompt, prompt_token_ids=state.prompt_ids, outputs=choices,
             finished=finished, task=state.task, arrival_time=state.arrival_time,
             first_token_time=state.first_token_time, error=state.error)
+
+
+def _describe(num_new_tokens: list[int]) -> str:
+    """A step's shape in words: its one-token rows (decodes, mostly), its longer rows and their tokens."""
+    prefills = [n for n in num_new_tokens if n > 1]
+    ones = len(num_new_tokens) - len(prefills)
+    return f"{ones} one-token rows + {len(prefills)} prefill rows of {sum(prefills)} tokens"

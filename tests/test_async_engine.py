@@ -221,6 +221,7 @@ def test_a_stuck_step_is_reported_with_every_threads_stack(monkeypatch, caplog, 
     monkeypatch.setattr(StepLoop, "STALL_SECONDS", 0.2)
     monkeypatch.setattr(StepLoop, "WATCH_SECONDS", 0.05)
     release, stepped = threading.Event(), threading.Event()
+    shape = "3 one-token rows + 0 prefill rows of 0 tokens"  # the fake engine's last step
 
     def stuck_step_for_the_test():
         stepped.set()
@@ -229,7 +230,7 @@ def test_a_stuck_step_is_reported_with_every_threads_stack(monkeypatch, caplog, 
 
     fake = types.SimpleNamespace(has_unfinished_requests=lambda: not stepped.is_set() or not release.is_set(),
                                  step=stuck_step_for_the_test, scheduler=types.SimpleNamespace(running=[1, 2, 3]),
-                                 abort_all_requests=lambda: [])
+                                 abort_all_requests=lambda: [], recent_steps=[shape])
     engine = AsyncEngine(fake, "stuck")
 
     async def until(condition, seconds=5.0):
@@ -249,6 +250,7 @@ def test_a_stuck_step_is_reported_with_every_threads_stack(monkeypatch, caplog, 
 
     with caplog.at_level("WARNING"):
         asyncio.run(main())
-    assert "engine 'stuck': a step has run for" in caplog.text and "(3 sequences running)" in caplog.text
+    assert "engine 'stuck': a step has run for" in caplog.text
+    assert f"(3 sequences running; the last steps launched: {shape})" in caplog.text
     assert caplog.text.count("has run for") == 1  # once a step, though the stall was seen several times
     assert "stuck_step_for_the_test" in capfd.readouterr().err
