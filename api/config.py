@@ -122,7 +122,7 @@ def _type_of(field: dataclasses.Field):
 
 
 # Keys a preset may hold besides ServerConfig fields.
-_PRESET_ONLY = {"description": "str", "speculative": "bool"}
+_PRESET_ONLY = {"description": "str", "speculative": "bool", "known_issue": "str"}
 _KINDS = {"str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
           "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
           "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -132,8 +132,9 @@ _KINDS = {"str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, b
 def load_preset(name: str) -> dict:
     """The settings of a preset: `name` is one under configs/ (system1 ... system5) or a JSON file.
 
-    Its keys are ServerConfig fields (as in `python -m api --help`, with _ for -) plus `description`
-    and `speculative`; a relative `policy` path is read from the preset's directory. Raises
+    Its keys are ServerConfig fields (as in `python -m api --help`, with _ for -) plus `description`,
+    `speculative` and `known_issue` (said at start); a relative `policy` path is read from the preset's
+    directory. Raises
     ValueError naming the file and the key for an unknown key or a value of the wrong type.
     """
     path = Path(name) if name.endswith(".json") else PRESETS_DIR / f"{name}.json"
@@ -193,6 +194,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         if preset.get("speculative"):
             logger.warning("preset %s asks for speculative decoding, which Switchyard does not implement yet: "
                            "serving without it", preset_name)
+        if preset.get("known_issue"):
+            logger.warning("preset %s: known issue: %s", preset_name, preset["known_issue"])
         # The preset replaces the defaults, so that a flag given explicitly still wins.
         ap.set_defaults(**{k: v for k, v in preset.items() if k not in _PRESET_ONLY})
     args = vars(ap.parse_args(argv))

@@ -38,6 +38,7 @@ def test_preset_parses_into_its_server_config(name, caplog):
     load_policies(config.policy)  # the task policy it names exists and is valid
     assert load_preset(name)["speculative"] is speculative
     assert ("speculative decoding" in caplog.text) is speculative
+    assert ("known issue: " in caplog.text) is ("known_issue" in load_preset(name))
 
 
 def test_explicit_flags_override_the_preset():
