@@ -134,8 +134,8 @@ def load_preset(name: str) -> dict:
 
     Its keys are ServerConfig fields (as in `python -m api --help`, with _ for -) plus `description`,
     `speculative` and `known_issue` (said at start); a relative `policy` path is read from the preset's
-    directory. Raises
-    ValueError naming the file and the key for an unknown key or a value of the wrong type.
+    directory. Raises ValueError naming the file and the key for an unknown key or a value of the
+    wrong type.
     """
     path = Path(name) if name.endswith(".json") else PRESETS_DIR / f"{name}.json"
     if not path.is_file():
