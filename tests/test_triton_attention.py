@@ -46,7 +46,7 @@ if ON_GPU:
         (b, ctx, bs, hq, hkv, d, dt, None)
         for b, ctx in [(1, 8192), (4, 3000), (33, 1500), (128, 700)]
         for bs in (8, 16, 32)
-        for hq, hkv in [(32, 8), (16, 16), (28, 4), (64, 8)]
+        for hq, hkv in [(32, 8), (16, 16), (28, 4), (64, 8), (40, 8)]  # (40, 8): Qwen3-14B's groups of 5
         for d in (64, 128)
         for dt in (torch.bfloat16, torch.float16)
     ] + [(3, 2000, 16, 8, 2, 128, torch.float32, None), (2, 5000, 16, 8, 1, 128, torch.bfloat16, 7)]
@@ -57,6 +57,7 @@ else:
         (3, 150, 32, 4, 4, 16, torch.float32, 1),
         (2, 130, 16, 6, 2, 64, torch.float32, 2),  # group of 3 heads, padded to 16 dot rows
         (5, 700, 32, 8, 2, 128, torch.float16, 5),  # short sequences leave trailing partitions empty
+        (4, 400, 16, 10, 2, 64, torch.float16, None),  # groups of 5 heads (Qwen3-14B's 40 over 8)
     ]
 
 
@@ -104,7 +105,7 @@ if ON_GPU:
             [(4097, 1), (600, 300), (129, 64), (65, 65)],
         ]
         for bs in (8, 16, 32)
-        for hq, hkv in [(32, 8), (12, 12), (28, 4)]
+        for hq, hkv in [(32, 8), (12, 12), (28, 4), (40, 8)]
         for d in (64, 128)
         for dt in (torch.bfloat16, torch.float16)
     ] + [([(700, 700), (300, 100)], 16, 8, 2, 128, torch.float32)]
@@ -114,6 +115,7 @@ else:
         ([(129, 64), (65, 1)], 8, 2, 1, 64, torch.float16),              # chunk ends mid-tile; 1-token chunk
         ([(100, 100), (200, 90)], 32, 4, 4, 16, torch.float32),
         ([(260, 200), (33, 33)], 16, 8, 2, 128, torch.float32),          # 4 query tiles after a 60-token prefix
+        ([(90, 90), (140, 20)], 16, 10, 2, 64, torch.float16),           # groups of 5 heads (Qwen3-14B's)
     ]
 
 
