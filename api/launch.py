@@ -84,6 +84,7 @@ class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, service: CompletionService, grace: float):
         super().__init__(config)
         self.service, self.grace = service, grace
+        self.left_behind: list[str] = []  # engines whose step did not end when stopped
         for engine in set(service.engines.values()):
             engine.on_death.append(self._engine_died)
 
@@ -107,8 +108,10 @@ class Server(uvicorn.Server):
             # Each stage is logged: a shutdown that hangs shows where.
             for engine in {id(e): e for e in self.service.engines.values()}.values():
                 logger.info("HTTP closed; stopping engine %r (after its current step)", engine.name)
-                await engine.shutdown()
-                logger.info("engine %r stopped", engine.name)
+                if await engine.shutdown():
+                    logger.info("engine %r stopped", engine.name)
+                else:
+                    self.left_behind.append(engine.name)
 
 
 def _raise_file_limit() -> None:
@@ -141,4 +144,10 @@ def serve(config: ServerConfig) -> int:
     server = Server(uvicorn_config(app_for(service, config), config), service, config.graceful_shutdown_timeout)
     logger.info("serving %s on http://%s:%d", sorted(set(service.names.values())), config.host, config.port)
     server.run(sockets=[sock])
+    if server.left_behind:
+        # A thread stuck in a CUDA call can hang the interpreter's exit (and the driver's teardown of
+        # the context behind it): leave at once, so that a supervisor can start a fresh server.
+        logger.error("exiting with engine %s still in a step", " and ".join(map(repr, server.left_behind)))
+        logging.shutdown()
+        os._exit(1)
     return 0 if service.healthy else 1

@@ -210,15 +210,26 @@ class AsyncEngine:
         for callback in self.on_death:
             callback(cause)
 
-    async def shutdown(self) -> None:
-        """Stop the thread and fail whatever is still in flight."""
+    # How long shutdown waits for the step in progress: a step takes milliseconds to seconds.
+    STOP_SECONDS = 30.0
+
+    async def shutdown(self) -> bool:
+        """Stop the thread after its current step and fail whatever is still in flight. Returns False
+        if the step did not end within STOP_SECONDS (stuck on the GPU): the thread is left behind, and
+        the process should exit without waiting for it."""
         if self._thread is not None:
             self._steps.stop()
-            await asyncio.to_thread(self._thread.join)
+            await asyncio.to_thread(self._thread.join, self.STOP_SECONDS)
+            if self._thread.is_alive():
+                logger.error("engine %r: its step did not end within %.0f s of the stop; leaving it behind",
+                             self.name, self.STOP_SECONDS)
+                self._fail_streams(RuntimeError("engine shut down"))  # its state is the stuck thread's
+                return False
             self._thread = None
         self.engine.abort_all_requests()
         self._steps.inbox.clear()
         self._fail_streams(RuntimeError("engine shut down"))
+        return True
 
 
 class StepLoop:

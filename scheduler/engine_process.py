@@ -105,14 +105,17 @@ class EngineProcess(AsyncEngine):
             self._process.join(timeout=5)
             self._emit("died", RuntimeError(f"its process exited (code {self._process.exitcode})"))
 
-    async def shutdown(self) -> None:
-        """Stop the child, then fail whatever is still in flight."""
+    async def shutdown(self) -> bool:
+        """Stop the child (killed if its step does not end within STOP_SECONDS), then fail whatever
+        is still in flight. True: a process, unlike a thread, can always be stopped."""
         self._stopping = True
         if self._process.is_alive():
             with contextlib.suppress(BrokenPipeError, OSError):  # it may be exiting already
                 self._post(("stop",))
-            await asyncio.to_thread(self._process.join, 30)
+            await asyncio.to_thread(self._process.join, self.STOP_SECONDS)
             if self._process.is_alive():
+                logger.error("engine %r: its process did not stop within %.0f s; killing it", self.name,
+                             self.STOP_SECONDS)
                 self._process.kill()
                 await asyncio.to_thread(self._process.join)
         self._conn.close()
@@ -121,6 +124,7 @@ class EngineProcess(AsyncEngine):
             self._thread = None
         self._accepting.clear()
         self._fail_streams(RuntimeError("engine shut down"))
+        return True
 
 
 def _child_main(config: EngineConfig, name: str, conn) -> None:

@@ -1,6 +1,7 @@
 """`python -m api` as a process: SIGTERM with a stalled body and streams in flight exits 0 in time,
 a crowd of idle connections neither locks out a new client nor floods the log, a busy port fails
-before the model loads, and a dying engine makes the process exit non-zero."""
+before the model loads, a dying engine makes the process exit non-zero, and so does one whose step
+never ends (after /health has said so), without waiting for it."""
 
 from __future__ import annotations
 
@@ -165,3 +166,39 @@ def test_a_dead_engine_answers_503_and_exits_non_zero(tiny_args, tmp_path):
         assert srv.proc.wait(timeout=30) == 1
     finally:
         srv.close()
+
+
+_STUCK_STEP = """
+import sys, threading
+import scheduler.engine as engine
+from scheduler.async_engine import AsyncEngine, StepLoop
+StepLoop.STALL_SECONDS, StepLoop.WATCH_SECONDS, AsyncEngine.STOP_SECONDS = 1.0, 0.1, 2.0
+def stuck(self):
+    threading.Event().wait()  # as a step whose GPU kernel never ends
+engine.LLMEngine.step = stuck
+from api.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_stuck_step_turns_health_503_and_the_server_exits_without_it(tiny_args, tmp_path):
+    srv = ServerProcess([*tiny_args, "--graceful-shutdown-timeout", "1"], tmp_path / "log", code=_STUCK_STEP)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + "/v1/completions", json={"prompt": "hello", "max_tokens": 2}, timeout=2)
+        deadline = time.monotonic() + 10
+        while (health := httpx.get(srv.url + "/health", timeout=5)).status_code == 200:
+            assert time.monotonic() < deadline, "/health never reported the stalled step"
+            time.sleep(0.1)
+        # One model: its engine serves both roles, and both are named.
+        assert health.status_code == 503 and health.json()["engines"] == ["large", "small"], health.text
+        assert health.json()["stalled_step_seconds"]["large"] >= 1
+        stopped = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=30) == 1
+        assert time.monotonic() - stopped < 15  # the grace, the stop's 2 s, no wait for the stuck thread
+        log = srv.log.read_text()
+        assert "a step has run for" in log and "exiting with engine 'large' still in a step" in log
+    finally:
+        srv.close()
+
