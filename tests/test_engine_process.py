@@ -108,6 +108,25 @@ def test_a_killed_child_is_a_dead_engine(tiny_model_dir):
     asyncio.run(engine.shutdown())
 
 
+def test_a_child_that_does_not_stop_is_killed_after_the_stop_bound(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(EngineProcess, "STOP_SECONDS", 1.0)
+    engine = EngineProcess(_config(tiny_model_dir), "frozen")
+
+    async def run():
+        stream = engine.generate("Hello", SamplingParams(temperature=0, max_tokens=100_000, ignore_eos=True),
+                                 stream=True)
+        await stream.__anext__()
+        os.kill(engine._process.pid, signal.SIGSTOP)  # as a child stuck in a step: it answers nothing
+        started = time.monotonic()
+        assert await engine.shutdown()
+        assert time.monotonic() - started < 10 and not engine._process.is_alive()
+        with pytest.raises(RuntimeError, match="engine shut down"):
+            async for _ in stream:
+                pass
+
+    asyncio.run(run())
+
+
 def test_a_model_that_cannot_load_is_raised_in_the_server():
     from models.errors import ModelLoadError
     with pytest.raises(ModelLoadError, match="no config.json"):
