@@ -299,7 +299,7 @@ class StepLoop:
                 logger.warning("engine %r: a step has run for %.0f s (%d sequences running; the last steps "
                                "launched: %s); every thread's stack follows on stderr", self.name,
                                time.monotonic() - started, len(self.engine.scheduler.running),
-                               "; ".join(self.engine.recent_steps))
+                               self.engine.describe_recent_steps())
                 with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
                     faulthandler.dump_traceback(sys.stderr, all_threads=True)
 

@@ -156,8 +156,8 @@ class LLMEngine:
         self.async_scheduling = (device.type == "cuda" if config.async_scheduling is None
                                  else config.async_scheduling)
         self._in_flight: StepResult | None = None  # the launched step whose tokens are not processed yet
-        # What the last two launched steps held, for the stall report: which work a stuck GPU is on.
-        self.recent_steps: collections.deque[str] = collections.deque(maxlen=2)
+        # The last two launched steps' num_new_tokens, for the stall report: which work a stuck GPU is on.
+        self._recent_steps: collections.deque[list[int]] = collections.deque(maxlen=2)
 
     def _num_kv_blocks(self, dtype: torch.dtype, max_len: int) -> int:
         cfg = self.config
@@ -259,6 +259,11 @@ class LLMEngine:
             self.abort_request(request_id)
         return request_ids
 
+    def describe_recent_steps(self) -> str:
+        """The last two launched steps' shapes in words: their one-token rows (decodes, mostly), their
+        longer rows and those rows' tokens."""
+        return "; ".join(_describe(n) for n in list(self._recent_steps))
+
     def has_unfinished_requests(self) -> bool:
         """Whether `step` has anything left to do."""
         return bool(self._requests) or self._in_flight is not None
@@ -280,7 +285,7 @@ class LLMEngine:
             launched = None
             if batch.seqs:
                 try:
-                    self.recent_steps.append(_describe(batch.num_new_tokens))
+                    self._recent_steps.append(batch.num_new_tokens)  # described only if a report asks
                     launched = self.runner.execute(batch.seqs, batch.num_new_tokens,
                                                    self._pending_inputs(batch, in_flight))
                 except SequenceError as e:
@@ -404,7 +409,6 @@ class LLMEngine:
 
 
 def _describe(num_new_tokens: list[int]) -> str:
-    """A step's shape in words: its one-token rows (decodes, mostly), its longer rows and their tokens."""
     prefills = [n for n in num_new_tokens if n > 1]
     ones = len(num_new_tokens) - len(prefills)
     return f"{ones} one-token rows + {len(prefills)} prefill rows of {sum(prefills)} tokens"

@@ -230,7 +230,7 @@ def test_a_stuck_step_is_reported_with_every_threads_stack(monkeypatch, caplog, 
 
     fake = types.SimpleNamespace(has_unfinished_requests=lambda: not stepped.is_set() or not release.is_set(),
                                  step=stuck_step_for_the_test, scheduler=types.SimpleNamespace(running=[1, 2, 3]),
-                                 abort_all_requests=lambda: [], recent_steps=[shape])
+                                 abort_all_requests=lambda: [], describe_recent_steps=lambda: shape)
     engine = AsyncEngine(fake, "stuck")
 
     async def until(condition, seconds=5.0):
