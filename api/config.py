@@ -98,10 +98,24 @@ class ServerConfig:
                                                     "before they are aborted")
     access_log: bool = _field(False, "log every request")
 
-    def engine_config(self, small: bool, shared_gpu: bool) -> EngineConfig:
+    @property
+    def two_engines_share_a_device(self) -> bool:
+        return bool(self.small_model) and self.small_model != self.model and self.small_device in (None, self.device)
+
+    @property
+    def nf4_pair_runs_eagerly(self) -> bool:
+        """Two engines on one GPU, either of them NF4: both run without CUDA graphs or torch.compile.
+        Such a pair (system4: Qwen3-14B and Qwen3-8B, both NF4) hung an H200 under load in a kernel that
+        never ended whenever its decode steps ran in graphs, and served the same load eagerly; the
+        cause is not isolated (BENCHMARKS.md, the five presets)."""
+        small_quantization = self.small_quantization or self.quantization
+        return self.two_engines_share_a_device and "bnb-4bit" in (self.quantization, small_quantization)
+
+    def engine_config(self, small: bool) -> EngineConfig:
         """The EngineConfig of the large or the small model."""
         if small:
-            utilization = self.small_gpu_memory_utilization or (0.45 if shared_gpu else self.gpu_memory_utilization)
+            shared = self.two_engines_share_a_device
+            utilization = self.small_gpu_memory_utilization or (0.45 if shared else self.gpu_memory_utilization)
             model, device = self.small_model, self.small_device or self.device
             quantization = self.small_quantization or self.quantization
         else:
@@ -112,8 +126,8 @@ class ServerConfig:
                             max_model_len=self.max_model_len, block_size=self.block_size,
                             max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
                             enable_prefix_caching=self.prefix_caching, attention_backend=self.attention_backend,
-                            enforce_eager=self.enforce_eager, quantization=quantization,
-                            kv_cache_dtype=self.kv_cache_dtype)
+                            enforce_eager=self.enforce_eager or self.nf4_pair_runs_eagerly,
+                            quantization=quantization, kv_cache_dtype=self.kv_cache_dtype)
 
 
 def _type_of(field: dataclasses.Field):

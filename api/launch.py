@@ -40,13 +40,15 @@ def build_service(config: ServerConfig) -> CompletionService:
     the service that serves them."""
     policies = load_policies(config.policy)
     engines, names = {}, {}
+    if config.nf4_pair_runs_eagerly and not config.enforce_eager:
+        logger.warning("two engines share a device, one of them NF4 (bnb-4bit): on CUDA both run without CUDA "
+                       "graphs, as such a pair hung the GPU under load with them (BENCHMARKS.md, the five presets)")
     if config.small_model and config.small_model != config.model:
-        shared_gpu = config.small_device in (None, config.device)
         logger.info("loading the small model %s", config.small_model)
-        engines["small"] = _engine(config, config.engine_config(small=True, shared_gpu=shared_gpu), "small")
+        engines["small"] = _engine(config, config.engine_config(small=True), "small")
         names["small"] = config.small_served_model_name or display_name(config.small_model)
     logger.info("loading the large model %s", config.model)
-    engines["large"] = _engine(config, config.engine_config(small=False, shared_gpu=False), "large")
+    engines["large"] = _engine(config, config.engine_config(small=False), "large")
     names["large"] = config.served_model_name or display_name(config.model)
     engines.setdefault("small", engines["large"])
     names.setdefault("small", names["large"])

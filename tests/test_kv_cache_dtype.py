@@ -66,5 +66,5 @@ def test_refused_where_it_cannot_run(tiny_model_dir):
 
 def test_the_server_flag_reaches_both_engines():
     config = parse_args(["--kv-cache-dtype", "fp8", "--small-model", "embedded"])
-    assert config.engine_config(small=False, shared_gpu=True).kv_cache_dtype == "fp8"
-    assert config.engine_config(small=True, shared_gpu=True).kv_cache_dtype == "fp8"
+    assert config.engine_config(small=False).kv_cache_dtype == "fp8"
+    assert config.engine_config(small=True).kv_cache_dtype == "fp8"

@@ -33,8 +33,8 @@ def test_preset_parses_into_its_server_config(name, caplog):
     assert isinstance(config, ServerConfig)
     assert (config.model, config.small_model, config.quantization, config.small_quantization) \
         == (large, small, quantization, small_quantization)
-    assert config.engine_config(small=False, shared_gpu=False).quantization == quantization
-    assert config.engine_config(small=True, shared_gpu=True).quantization == small_quantization
+    assert config.engine_config(small=False).quantization == quantization
+    assert config.engine_config(small=True).quantization == small_quantization
     load_policies(config.policy)  # the task policy it names exists and is valid
     assert load_preset(name)["speculative"] is speculative
     assert ("speculative decoding" in caplog.text) is speculative
@@ -50,7 +50,28 @@ def test_explicit_flags_override_the_preset():
 
 def test_small_model_follows_the_large_models_quantization_unless_told():
     config = parse_args(["--small-model", "x", "--quantization", "fp8"])
-    assert config.engine_config(small=True, shared_gpu=True).quantization == "fp8"
+    assert config.engine_config(small=True).quantization == "fp8"
+
+
+@pytest.mark.parametrize("flags, eager", [
+    (["--config", "system4"], True),  # two NF4 engines on one GPU
+    (["--model", "a", "--small-model", "b", "--small-quantization", "bnb-4bit"], True),  # one of them NF4
+    (["--config", "system4", "--small-device", "cuda:1"], False),  # on two GPUs
+    (["--model", "a", "--quantization", "bnb-4bit"], False),  # one engine
+    (["--config", "system1"], False),  # a bf16 pair keeps its graphs
+    (["--config", "system3"], False),  # an int8 pair runs eagerly anyway, by its own rule in the engine
+])
+def test_an_nf4_pair_on_one_gpu_runs_eagerly(flags, eager):
+    config = parse_args(flags)
+    assert config.engine_config(small=False).enforce_eager is eager
+    assert config.engine_config(small=True).enforce_eager is eager
+    assert parse_args(flags + ["--enforce-eager"]).engine_config(small=True).enforce_eager
+
+
+def test_the_small_engine_takes_045_of_a_shared_gpu_and_all_of_its_own():
+    assert parse_args(["--config", "system1"]).engine_config(small=True).gpu_memory_utilization == 0.45
+    own = parse_args(["--config", "system1", "--small-device", "cuda:1"]).engine_config(small=True)
+    assert own.gpu_memory_utilization == ServerConfig.gpu_memory_utilization
 
 
 @pytest.mark.parametrize("content, message", [
