@@ -103,11 +103,12 @@ class ServerConfig:
         return bool(self.small_model) and self.small_model != self.model and self.small_device in (None, self.device)
 
     @property
-    def nf4_pair_runs_eagerly(self) -> bool:
-        """Two engines on one GPU, either of them NF4: both run without CUDA graphs or torch.compile.
-        Such a pair (system4: Qwen3-14B and Qwen3-8B, both NF4) hung an H200 under load in a kernel that
-        never ended whenever its decode steps ran in graphs, and served the same load eagerly; the
-        cause is not isolated (BENCHMARKS.md, the five presets)."""
+    def nf4_pair_shares_a_gpu(self) -> bool:
+        """Two engines on one device, either of them NF4 (bitsandbytes 4-bit). On an H200 such a pair
+        (system4: Qwen3-14B and Qwen3-8B, both NF4) hung the GPU under load in a kernel that never
+        ended whenever the two engines' CUDA graphs ran concurrently, and served the same load when
+        every launch waited for its kernel (CUDA_LAUNCH_BLOCKING=1), which `serve` then sets. Cause
+        not isolated (BENCHMARKS.md, the five presets)."""
         small_quantization = self.small_quantization or self.quantization
         return self.two_engines_share_a_device and "bnb-4bit" in (self.quantization, small_quantization)
 
@@ -126,8 +127,8 @@ class ServerConfig:
                             max_model_len=self.max_model_len, block_size=self.block_size,
                             max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
                             enable_prefix_caching=self.prefix_caching, attention_backend=self.attention_backend,
-                            enforce_eager=self.enforce_eager or self.nf4_pair_runs_eagerly,
-                            quantization=quantization, kv_cache_dtype=self.kv_cache_dtype)
+                            enforce_eager=self.enforce_eager, quantization=quantization,
+                            kv_cache_dtype=self.kv_cache_dtype)
 
 
 def _type_of(field: dataclasses.Field):

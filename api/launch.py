@@ -40,9 +40,6 @@ def build_service(config: ServerConfig) -> CompletionService:
     the service that serves them."""
     policies = load_policies(config.policy)
     engines, names = {}, {}
-    if config.nf4_pair_runs_eagerly and not config.enforce_eager:
-        logger.warning("two engines share a device, one of them NF4 (bnb-4bit): on CUDA both run without CUDA "
-                       "graphs, as such a pair hung the GPU under load with them (BENCHMARKS.md, the five presets)")
     if config.small_model and config.small_model != config.model:
         logger.info("loading the small model %s", config.small_model)
         engines["small"] = _engine(config, config.engine_config(small=True), "small")
@@ -140,6 +137,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(config: ServerConfig) -> int:
     """Run a server until SIGTERM/SIGINT (exit 0) or until an engine dies (exit 1)."""
+    if config.nf4_pair_shares_a_gpu and os.environ.get("CUDA_LAUNCH_BLOCKING") != "1":
+        # Read when the CUDA context is made, which no engine has done yet; engine processes inherit it.
+        logger.warning("two engines share a device, one of them NF4 (bnb-4bit): CUDA kernel launches wait for "
+                       "their kernels (CUDA_LAUNCH_BLOCKING=1), as such a pair hung the GPU under load without "
+                       "(BENCHMARKS.md, the five presets)")
+        os.environ["CUDA_LAUNCH_BLOCKING"] = "1"
     sock = bind(config.host, config.port)
     _raise_file_limit()
     service = build_service(config)

@@ -4,10 +4,12 @@ for speculative decoding says at start that it runs without, and a malformed pre
 naming the file and the key."""
 
 import json
+import os
 import logging
 
 import pytest
 
+from api import launch
 from api.config import PRESETS_DIR, ServerConfig, load_preset, parse_args
 from tasks.policy import load_policies
 
@@ -53,19 +55,16 @@ def test_small_model_follows_the_large_models_quantization_unless_told():
     assert config.engine_config(small=True).quantization == "fp8"
 
 
-@pytest.mark.parametrize("flags, eager", [
+@pytest.mark.parametrize("flags, nf4_pair", [
     (["--config", "system4"], True),  # two NF4 engines on one GPU
     (["--model", "a", "--small-model", "b", "--small-quantization", "bnb-4bit"], True),  # one of them NF4
     (["--config", "system4", "--small-device", "cuda:1"], False),  # on two GPUs
     (["--model", "a", "--quantization", "bnb-4bit"], False),  # one engine
-    (["--config", "system1"], False),  # a bf16 pair keeps its graphs
-    (["--config", "system3"], False),  # an int8 pair runs eagerly anyway, by its own rule in the engine
+    (["--config", "system1"], False),
+    (["--config", "system3"], False),
 ])
-def test_an_nf4_pair_on_one_gpu_runs_eagerly(flags, eager):
-    config = parse_args(flags)
-    assert config.engine_config(small=False).enforce_eager is eager
-    assert config.engine_config(small=True).enforce_eager is eager
-    assert parse_args(flags + ["--enforce-eager"]).engine_config(small=True).enforce_eager
+def test_an_nf4_pair_on_one_gpu_is_recognised(flags, nf4_pair):
+    assert parse_args(flags).nf4_pair_shares_a_gpu is nf4_pair
 
 
 def test_the_small_engine_takes_045_of_a_shared_gpu_and_all_of_its_own():
@@ -96,3 +95,18 @@ def test_an_unknown_preset_names_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--config", "system9"])
     assert "system1, system2, system3, system4, system5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset, blocking", [("system4", "1"), ("system1", "0")])
+def test_serving_an_nf4_pair_makes_kernel_launches_blocking_before_an_engine_loads(monkeypatch, preset, blocking):
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "0")  # restored after the test
+    seen = {}
+
+    def build_service(config):
+        seen["at load"] = os.environ["CUDA_LAUNCH_BLOCKING"]
+        raise ValueError("no engines in this test")
+
+    monkeypatch.setattr(launch, "build_service", build_service)
+    with pytest.raises(ValueError, match="no engines"):
+        launch.serve(parse_args(["--config", preset, "--port", "0"]))
+    assert seen["at load"] == blocking
