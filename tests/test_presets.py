@@ -8,6 +8,7 @@ import os
 import logging
 
 import pytest
+import torch
 
 from api import launch
 from api.config import PRESETS_DIR, ServerConfig, load_preset, parse_args
@@ -97,16 +98,30 @@ def test_an_unknown_preset_names_the_known_ones(capsys):
     assert "system1, system2, system3, system4, system5" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("preset, blocking", [("system4", "1"), ("system1", "0")])
-def test_serving_an_nf4_pair_makes_kernel_launches_blocking_before_an_engine_loads(monkeypatch, preset, blocking):
-    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "0")  # restored after the test
-    seen = {}
-
-    def build_service(config):
-        seen["at load"] = os.environ["CUDA_LAUNCH_BLOCKING"]
+def _stop_at_the_first_engine(seen: dict):
+    def engine(config, engine_config, role):
+        seen["CUDA_LAUNCH_BLOCKING at load"] = os.environ["CUDA_LAUNCH_BLOCKING"]
         raise ValueError("no engines in this test")
+    return engine
 
-    monkeypatch.setattr(launch, "build_service", build_service)
+
+@pytest.mark.parametrize("preset, blocking", [("system4", "1"), ("system1", "0")])
+def test_an_nf4_pair_makes_kernel_launches_blocking_before_an_engine_loads(monkeypatch, preset, blocking):
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "0")  # restored after the test
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # as in a fresh server process
+    seen = {}
+    monkeypatch.setattr(launch, "_engine", _stop_at_the_first_engine(seen))
     with pytest.raises(ValueError, match="no engines"):
-        launch.serve(parse_args(["--config", preset, "--port", "0"]))
-    assert seen["at load"] == blocking
+        launch.build_service(parse_args(["--config", preset]))
+    assert seen["CUDA_LAUNCH_BLOCKING at load"] == blocking
+
+
+def test_an_nf4_pair_in_a_process_where_cuda_already_runs_is_warned_about(monkeypatch, caplog):
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "0")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # too late to take effect
+    seen = {}
+    monkeypatch.setattr(launch, "_engine", _stop_at_the_first_engine(seen))
+    with caplog.at_level(logging.WARNING, logger="switchyard"), pytest.raises(ValueError, match="no engines"):
+        launch.build_service(parse_args(["--config", "system4"]))
+    assert seen["CUDA_LAUNCH_BLOCKING at load"] == "0"
+    assert "CUDA is already initialized" in caplog.text
