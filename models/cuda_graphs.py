@@ -31,6 +31,11 @@ class DecodeGraphs:
         self.seq_lens = torch.ones(max_batch, dtype=torch.int32, device=device)
         self.block_tables = torch.full((max_batch, self.max_blocks), scratch_block, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
+        # A capture stream of its own: torch keeps cuBLAS/cuBLASLt workspaces per (handle, stream), and
+        # a captured GEMM keeps the workspace it was captured with. On torch.cuda.graph's one default
+        # capture stream, two engines captured by one thread would share a workspace, and their graphs,
+        # replayed at once on the engines' streams, would race on it.
+        self.capture_stream = torch.cuda.Stream(device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self._capture(model, kv_caches)
@@ -52,7 +57,7 @@ class DecodeGraphs:
                 model(self.input_ids[:b], self.positions[:b], kv_caches, meta)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=pool, stream=self.capture_stream):
                 self.outputs[b] = model(self.input_ids[:b], self.positions[:b], kv_caches, meta)
             self.graphs[b] = graph
         torch.cuda.synchronize()
