@@ -107,8 +107,10 @@ class ServerConfig:
         """Two engines on one device, either of them NF4 (bitsandbytes 4-bit). On an H200 such a pair
         (system4: Qwen3-14B and Qwen3-8B, both NF4) hung the GPU under load in a kernel that never
         ended whenever the two engines' CUDA graphs ran concurrently, and served the same load when
-        every launch waited for its kernel (CUDA_LAUNCH_BLOCKING=1), which `build_service` then sets. Cause
-        not isolated (BENCHMARKS.md, the five presets)."""
+        every launch waited for its kernel (CUDA_LAUNCH_BLOCKING=1), which `build_service` then sets. The
+        likely cause, one cuBLAS workspace in both engines' graphs, is gone since each engine captures on
+        a stream of its own (models/cuda_graphs.py); the blocking stays until the GPU confirms it
+        (BENCHMARKS.md, the five presets)."""
         small_quantization = self.small_quantization or self.quantization
         return self.two_engines_share_a_device and "bnb-4bit" in (self.quantization, small_quantization)
 

@@ -69,7 +69,7 @@ def _block_kernel_launches() -> None:
                        "but CUDA is already initialized in this process: set it in the environment, or the pair "
                        "may hang the GPU under load (BENCHMARKS.md, the five presets)")
         return
-    logger.warning("two engines share a device, one of them NF4 (bnb-4bit): CUDA kernel launches wait for their "
+    logger.warning("two engines share a GPU, one of them NF4 (bnb-4bit): CUDA kernel launches wait for their "
                    "kernels (CUDA_LAUNCH_BLOCKING=1), as such a pair hung the GPU under load without "
                    "(BENCHMARKS.md, the five presets)")
     os.environ["CUDA_LAUNCH_BLOCKING"] = "1"
