@@ -99,8 +99,13 @@ class ServerConfig:
     access_log: bool = _field(False, "log every request")
 
     @property
+    def has_small_engine(self) -> bool:
+        """A small model other than the large one: a second engine (else the large one serves both roles)."""
+        return bool(self.small_model) and self.small_model != self.model
+
+    @property
     def two_engines_share_a_device(self) -> bool:
-        return bool(self.small_model) and self.small_model != self.model and self.small_device in (None, self.device)
+        return self.has_small_engine and self.small_device in (None, self.device)
 
     @property
     def nf4_pair_shares_a_gpu(self) -> bool:

@@ -43,7 +43,7 @@ def build_service(config: ServerConfig) -> CompletionService:
     if config.nf4_pair_shares_a_gpu:
         _block_kernel_launches()
     engines, names = {}, {}
-    if config.small_model and config.small_model != config.model:
+    if config.has_small_engine:
         logger.info("loading the small model %s", config.small_model)
         engines["small"] = _engine(config, config.engine_config(small=True), "small")
         names["small"] = config.small_served_model_name or display_name(config.small_model)
