@@ -107,18 +107,6 @@ class ServerConfig:
     def two_engines_share_a_device(self) -> bool:
         return self.has_small_engine and self.small_device in (None, self.device)
 
-    @property
-    def nf4_pair_shares_a_gpu(self) -> bool:
-        """Two engines on one device, either of them NF4 (bitsandbytes 4-bit). On an H200 such a pair
-        (system4: Qwen3-14B and Qwen3-8B, both NF4) hung the GPU under load in a kernel that never
-        ended whenever the two engines' CUDA graphs ran concurrently, and served the same load when
-        every launch waited for its kernel (CUDA_LAUNCH_BLOCKING=1), which `build_service` then sets. The
-        likely cause, one cuBLAS workspace in both engines' graphs, is gone since each engine captures on
-        a stream of its own (models/cuda_graphs.py); the blocking stays until the GPU confirms it
-        (BENCHMARKS.md, the five presets)."""
-        small_quantization = self.small_quantization or self.quantization
-        return self.two_engines_share_a_device and "bnb-4bit" in (self.quantization, small_quantization)
-
     def engine_config(self, small: bool) -> EngineConfig:
         """The EngineConfig of the large or the small model."""
         if small:
@@ -144,7 +132,7 @@ def _type_of(field: dataclasses.Field):
 
 
 # Keys a preset may hold besides ServerConfig fields.
-_PRESET_ONLY = {"description": "str", "speculative": "bool", "known_issue": "str"}
+_PRESET_ONLY = {"description": "str", "speculative": "bool"}
 _KINDS = {"str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
           "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
           "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -154,8 +142,8 @@ _KINDS = {"str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, b
 def load_preset(name: str) -> dict:
     """The settings of a preset: `name` is one under configs/ (system1 ... system5) or a JSON file.
 
-    Its keys are ServerConfig fields (as in `python -m api --help`, with _ for -) plus `description`,
-    `speculative` and `known_issue` (said at start); a relative `policy` path is read from the preset's
+    Its keys are ServerConfig fields (as in `python -m api --help`, with _ for -) plus `description`
+    and `speculative` (said at start); a relative `policy` path is read from the preset's
     directory. Raises ValueError naming the file and the key for an unknown key or a value of the
     wrong type.
     """
@@ -216,8 +204,6 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         if preset.get("speculative"):
             logger.warning("preset %s asks for speculative decoding, which Switchyard does not implement yet: "
                            "serving without it", preset_name)
-        if preset.get("known_issue"):
-            logger.warning("preset %s: known issue: %s", preset_name, preset["known_issue"])
         # The preset replaces the defaults, so that a flag given explicitly still wins.
         ap.set_defaults(**{k: v for k, v in preset.items() if k not in _PRESET_ONLY})
     args = vars(ap.parse_args(argv))

@@ -10,7 +10,6 @@ import resource
 import signal
 import socket
 
-import torch
 import uvicorn
 from starlette.applications import Starlette
 
@@ -40,8 +39,6 @@ def build_service(config: ServerConfig) -> CompletionService:
     """Load the engines (small first on a shared GPU, so the large one takes what is left) and wire
     the service that serves them."""
     policies = load_policies(config.policy)
-    if config.nf4_pair_shares_a_gpu:
-        _block_kernel_launches()
     engines, names = {}, {}
     if config.has_small_engine:
         logger.info("loading the small model %s", config.small_model)
@@ -56,23 +53,6 @@ def build_service(config: ServerConfig) -> CompletionService:
                       max_completions_per_request=config.max_completions_per_request)
     return CompletionService(engines, names, planner, Metrics(), max_queued_prompts=config.max_queued_prompts,
                              request_timeout=config.request_timeout)
-
-
-def _block_kernel_launches() -> None:
-    """CUDA_LAUNCH_BLOCKING=1 for this process and the engine processes it starts: each kernel launch
-    returns when its kernel has run. Two engines on one GPU with NF4 need it (ServerConfig.
-    nf4_pair_shares_a_gpu). CUDA reads it once, when it initializes."""
-    if os.environ.get("CUDA_LAUNCH_BLOCKING") == "1":
-        return
-    if torch.cuda.is_initialized():
-        logger.warning("two engines share a GPU, one of them NF4 (bnb-4bit), and need CUDA_LAUNCH_BLOCKING=1, "
-                       "but CUDA is already initialized in this process: set it in the environment, or the pair "
-                       "may hang the GPU under load (BENCHMARKS.md, the five presets)")
-        return
-    logger.warning("two engines share a GPU, one of them NF4 (bnb-4bit): CUDA kernel launches wait for their "
-                   "kernels (CUDA_LAUNCH_BLOCKING=1), as such a pair hung the GPU under load without "
-                   "(BENCHMARKS.md, the five presets)")
-    os.environ["CUDA_LAUNCH_BLOCKING"] = "1"
 
 
 def _engine(config: ServerConfig, engine_config: EngineConfig, role: str) -> AsyncEngine:

@@ -33,8 +33,9 @@ class DecodeGraphs:
         self.query_start_loc = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
         # A capture stream of its own: torch keeps cuBLAS/cuBLASLt workspaces per (handle, stream), and
         # a captured GEMM keeps the workspace it was captured with. On torch.cuda.graph's one default
-        # capture stream, two engines captured by one thread would share a workspace, and their graphs,
-        # replayed at once on the engines' streams, would race on it.
+        # capture stream, two engines captured by one thread share a workspace, and their graphs,
+        # replayed at once on the engines' streams, race on it: system4 (two NF4 engines) hung an H200
+        # under load that way, and serves it with this (BENCHMARKS.md, the five presets).
         self.capture_stream = torch.cuda.Stream(device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}

@@ -4,13 +4,10 @@ for speculative decoding says at start that it runs without, and a malformed pre
 naming the file and the key."""
 
 import json
-import os
 import logging
 
 import pytest
-import torch
 
-from api import launch
 from api.config import PRESETS_DIR, ServerConfig, load_preset, parse_args
 from tasks.policy import load_policies
 
@@ -41,7 +38,6 @@ def test_preset_parses_into_its_server_config(name, caplog):
     load_policies(config.policy)  # the task policy it names exists and is valid
     assert load_preset(name)["speculative"] is speculative
     assert ("speculative decoding" in caplog.text) is speculative
-    assert ("known issue: " in caplog.text) is ("known_issue" in load_preset(name))
 
 
 def test_explicit_flags_override_the_preset():
@@ -54,18 +50,6 @@ def test_explicit_flags_override_the_preset():
 def test_small_model_follows_the_large_models_quantization_unless_told():
     config = parse_args(["--small-model", "x", "--quantization", "fp8"])
     assert config.engine_config(small=True).quantization == "fp8"
-
-
-@pytest.mark.parametrize("flags, nf4_pair", [
-    (["--config", "system4"], True),  # two NF4 engines on one GPU
-    (["--model", "a", "--small-model", "b", "--small-quantization", "bnb-4bit"], True),  # one of them NF4
-    (["--config", "system4", "--small-device", "cuda:1"], False),  # on two GPUs
-    (["--model", "a", "--quantization", "bnb-4bit"], False),  # one engine
-    (["--config", "system1"], False),
-    (["--config", "system3"], False),
-])
-def test_an_nf4_pair_on_one_gpu_is_recognised(flags, nf4_pair):
-    assert parse_args(flags).nf4_pair_shares_a_gpu is nf4_pair
 
 
 def test_the_small_engine_takes_045_of_a_shared_gpu_and_all_of_its_own():
@@ -96,32 +80,3 @@ def test_an_unknown_preset_names_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--config", "system9"])
     assert "system1, system2, system3, system4, system5" in capsys.readouterr().err
-
-
-def _stop_at_the_first_engine(seen: dict):
-    def engine(config, engine_config, role):
-        seen["CUDA_LAUNCH_BLOCKING at load"] = os.environ["CUDA_LAUNCH_BLOCKING"]
-        raise ValueError("no engines in this test")
-    return engine
-
-
-@pytest.mark.parametrize("preset, blocking", [("system4", "1"), ("system1", "0")])
-def test_an_nf4_pair_makes_kernel_launches_blocking_before_an_engine_loads(monkeypatch, preset, blocking):
-    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "0")  # restored after the test
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # as in a fresh server process
-    seen = {}
-    monkeypatch.setattr(launch, "_engine", _stop_at_the_first_engine(seen))
-    with pytest.raises(ValueError, match="no engines"):
-        launch.build_service(parse_args(["--config", preset]))
-    assert seen["CUDA_LAUNCH_BLOCKING at load"] == blocking
-
-
-def test_an_nf4_pair_in_a_process_where_cuda_already_runs_is_warned_about(monkeypatch, caplog):
-    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "0")
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # too late to take effect
-    seen = {}
-    monkeypatch.setattr(launch, "_engine", _stop_at_the_first_engine(seen))
-    with caplog.at_level(logging.WARNING, logger="switchyard"), pytest.raises(ValueError, match="no engines"):
-        launch.build_service(parse_args(["--config", "system4"]))
-    assert seen["CUDA_LAUNCH_BLOCKING at load"] == "0"
-    assert "CUDA is already initialized" in caplog.text
