@@ -7,7 +7,8 @@ the model's dtype: they are a small share of a large model and the logits are th
 product of all.
 
 What each mode costs (BENCHMARKS.md, an H200 with Qwen3-8B): memory, not time. LLM.int8's decode
-steps took 4-11x as long as bf16's, NF4's 0.88x at batch 1 and 1.3-1.8x from batch 64, FP8's
+steps took 4-25x as long as bf16's (host-bound: a projection call is ~0.4 ms of host time for
+~0.03 ms of GPU time), NF4's 0.88x at batch 1 and 1.3-1.8x from batch 64, FP8's
 1.1-1.4x (its per-token activation quantization is a few unfused kernels per projection).
 """
 
