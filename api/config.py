@@ -67,6 +67,10 @@ class ServerConfig:
     max_num_seqs: int = _engine("max_num_seqs", "sequences running at once per engine")
     max_num_batched_tokens: int = _engine("max_num_batched_tokens", "tokens computed per engine step")
     prefix_caching: bool = _engine("enable_prefix_caching", "reuse the KV blocks of shared prompt prefixes")
+    speculative_ngram: int = _engine("speculative_ngram", "speculative decoding: greedy requests draft up to this "
+                                                          "many tokens a step by n-gram lookup in their own tokens, "
+                                                          "checked by the model in the same step (outputs unchanged; "
+                                                          "steps then run without overlap); 0: off")
     attention_backend: str = _engine(
         "attention_backend", "torch (reference), triton, flash (FlashAttention-4, sm90+), or DECODE:PREFILL such as "
         "triton:flash; auto: Triton decode and FA4 prefill where FA4 runs, Triton elsewhere on CUDA, torch on CPU")
@@ -123,7 +127,7 @@ class ServerConfig:
                             max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
                             enable_prefix_caching=self.prefix_caching, attention_backend=self.attention_backend,
                             enforce_eager=self.enforce_eager, quantization=quantization,
-                            kv_cache_dtype=self.kv_cache_dtype)
+                            kv_cache_dtype=self.kv_cache_dtype, speculative_ngram=self.speculative_ngram)
 
 
 def _type_of(field: dataclasses.Field):
@@ -202,8 +206,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         except ValueError as e:
             ap.error(f"--config: {e}")
         if preset.get("speculative"):
-            logger.warning("preset %s asks for speculative decoding, which Switchyard does not implement yet: "
-                           "serving without it", preset_name)
+            logger.warning("preset %s asks for speculative decoding with a draft model, which Switchyard does not "
+                           "implement yet: serving without it (n-gram drafts: --speculative-ngram)", preset_name)
         # The preset replaces the defaults, so that a flag given explicitly still wins.
         ap.set_defaults(**{k: v for k, v in preset.items() if k not in _PRESET_ONLY})
     args = vars(ap.parse_args(argv))

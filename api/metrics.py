@@ -1,5 +1,5 @@
 """Server metrics through prometheus_client: request counters and latency histograms recorded by the
-HTTP layer, engine gauges (queues, KV blocks, preemptions, prefix hits, loop liveness) and admission
+HTTP layer, engine gauges (queues, KV blocks, preemptions, prefix hits, speculative drafts, loop liveness) and admission
 slots read at scrape time. Each server has its own registry, so several can live in one process."""
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ class _EngineCollector:
             ("prefix_cache_hit_rate", "share of looked-up prompt tokens found cached"))}
         depth = GaugeMetricFamily("switchyard_queue_depth", "waiting sequences per task", labels=["model", "task"])
         preemptions = CounterMetricFamily("switchyard_preemptions", "sequences preempted", labels=["model"])
+        drafts = CounterMetricFamily("switchyard_draft_tokens", "speculative draft tokens checked by the model",
+                                     labels=["model"])
+        accepted = CounterMetricFamily("switchyard_accepted_draft_tokens", "speculative draft tokens kept",
+                                       labels=["model"])
         seen = set()
         for role, engine in engines.items():
             if id(engine) in seen:  # one engine serving both roles is reported once
@@ -52,9 +56,10 @@ class _EngineCollector:
             for task, n in sorted(s.waiting_by_task.items()):
                 depth.add_metric([role, task], n)
             preemptions.add_metric([role], s.num_preemptions)
+            drafts.add_metric([role], s.draft_tokens)
+            accepted.add_metric([role], s.accepted_draft_tokens)
         yield from gauges.values()
-        yield depth
-        yield preemptions
+        yield from (depth, preemptions, drafts, accepted)
 
 
 class Metrics:

@@ -82,17 +82,26 @@ class BlockManager:
             seq.block_table.extend(b.block_id for b in self.pool.allocate(needed))
         return True
 
-    def cache_computed_blocks(self, seq: PagedSequence) -> None:
-        """Publish the blocks this sequence has completely filled with computed K/V."""
+    def cache_computed_blocks(self, seq: PagedSequence, num_tokens: int | None = None) -> None:
+        """Publish the blocks this sequence has completely filled with computed K/V (within its first
+        `num_tokens` tokens, if given: those that are not drafts)."""
         if not self.enable_prefix_caching:
             return
-        num_full = seq.num_computed_tokens // self.block_size
+        computed = seq.num_computed_tokens if num_tokens is None else min(seq.num_computed_tokens, num_tokens)
+        num_full = computed // self.block_size
         if num_full <= seq.num_cached_blocks:
             return
         self._extend_hashes(seq, num_full)
         for i in range(seq.num_cached_blocks, num_full):
             self.pool.register(self.pool.blocks[seq.block_table[i]], seq.block_hashes[i], self._content(seq, i))
         seq.num_cached_blocks = num_full
+
+    def trim(self, seq: PagedSequence, num_tokens: int) -> None:
+        """Return the blocks past the first `num_tokens` tokens (those a rejected draft took)."""
+        keep = -(-num_tokens // self.block_size)
+        if len(seq.block_table) > keep:
+            self.pool.release(self.pool.blocks[i] for i in reversed(seq.block_table[keep:]))
+            del seq.block_table[keep:]
 
     def free(self, seq: PagedSequence) -> None:
         """Return a sequence's blocks; its tail goes first in eviction order, its prefix last."""

@@ -17,6 +17,7 @@ class Row(Protocol):
     block_table: list[int]       # the cache blocks holding its K/V, in order
     params: SamplingParams
     seed: int | None             # the sequence's own seed (n > 1 samples get distinct ones)
+    num_draft_tokens: int        # the last tokens are drafts: sample after each of them too
 
     @property
     def num_tokens(self) -> int: ...
@@ -35,6 +36,7 @@ class PlainRow:
     params: SamplingParams = dataclasses.field(default_factory=SamplingParams)
     seed: int | None = None
     num_output_tokens: int = 0
+    num_draft_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:

@@ -119,7 +119,8 @@ class ModelRunner:
     def prepare(self, seqs: list[Row],
                 num_new_tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         """Flatten the step into input ids, positions, attention metadata and the rows to sample from
-        (the last row of each sequence that completes). Two host->device copies: one of int64 (ids,
+        (the last row of each sequence that completes, and the rows of its draft tokens before it:
+        the draft tokens' verification). Two host->device copies: one of int64 (ids,
         positions, slots, rows), one of int32 (offsets, lengths, tables)."""
         bs = self.block_size
         input_ids, positions, slots = [], [], []
@@ -137,8 +138,9 @@ class ModelRunner:
                 slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             query_start.append(query_start[-1] + n)
             seq_lens.append(end)
-            if end == seq.num_tokens:
-                logits_rows.append(query_start[-1] - 1)
+            if end == seq.num_tokens:  # it samples: after its last token, and after each draft before it
+                last = query_start[-1] - 1
+                logits_rows.extend(range(last - seq.num_draft_tokens, last + 1))
         max_blocks = max(len(s.block_table) for s in seqs)
         ints = array.array("i", query_start)
         ints.extend(seq_lens)
@@ -188,7 +190,9 @@ class ModelRunner:
                                                 meta.block_tables)
             else:
                 hidden = self.model(input_ids, positions, self.kv_caches, meta)
-            sampled_seqs = [s for s, n in zip(seqs, num_new_tokens) if s.num_computed_tokens + n == s.num_tokens]
+            # A sequence with d draft tokens samples d + 1 rows, in position order.
+            sampled_seqs = [s for s, n in zip(seqs, num_new_tokens) if s.num_computed_tokens + n == s.num_tokens
+                            for _ in range(1 + s.num_draft_tokens)]
             if not sampled_seqs:
                 return StepResult([], SamplerOutput(torch.empty(0, dtype=torch.int64)))
             if logits_rows.shape[0] < hidden.shape[0]:

@@ -34,8 +34,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 @dataclasses.dataclass(slots=True, kw_only=True)
 class EngineConfig(SchedulerConfig):
     """Everything that fixes an engine: the model, where it runs, its KV budget, and the scheduling
-    limits (max_num_seqs, max_num_batched_tokens, block_size, enable_prefix_caching, aging_seconds)
-    it inherits from SchedulerConfig with their defaults."""
+    limits (max_num_seqs, max_num_batched_tokens, block_size, enable_prefix_caching, aging_seconds,
+    speculative_ngram) it inherits from SchedulerConfig with their defaults."""
 
     model: str = "embedded"
     load_format: str = "auto"            # "dummy": random weights in a preset's shapes
@@ -153,8 +153,12 @@ class LLMEngine:
         self.scheduler = Scheduler(config.scheduler_config(max_model_len), num_blocks, stop_rule)
         self._requests: dict[str, _RequestState] = {}
         self._seq_ids = itertools.count()
-        self.async_scheduling = (device.type == "cuda" if config.async_scheduling is None
-                                 else config.async_scheduling)
+        # Drafts are proposed from the tokens so far, which overlapped steps do not have yet.
+        if config.speculative_ngram and config.async_scheduling:
+            raise ValueError("speculative decoding (speculative_ngram) runs synchronous steps: "
+                             "async_scheduling must be off")
+        self.async_scheduling = (device.type == "cuda" and not config.speculative_ngram
+                                 if config.async_scheduling is None else config.async_scheduling)
         self._in_flight: StepResult | None = None  # the launched step whose tokens are not processed yet
         # The last two launched steps' num_new_tokens, for the stall report: which work a stuck GPU is on.
         self._recent_steps: collections.deque[list[int]] = collections.deque(maxlen=2)
@@ -193,7 +197,8 @@ class LLMEngine:
             running=len(sched.running), waiting=len(sched.waiting), waiting_by_task=sched.waiting.depth_by_task(),
             kv_blocks_total=bm.num_blocks, kv_blocks_free=bm.num_free_blocks,
             num_preemptions=sched.stats.num_preemptions, prefix_query_tokens=sched.stats.prefix_query_tokens,
-            prefix_hit_tokens=sched.stats.prefix_hit_tokens)
+            prefix_hit_tokens=sched.stats.prefix_hit_tokens, draft_tokens=sched.stats.draft_tokens,
+            accepted_draft_tokens=sched.stats.accepted_draft_tokens)
 
     def tokenize(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt given as text or as ids, validated against the vocabulary."""
@@ -324,12 +329,23 @@ class LLMEngine:
         tokens = out.token_ids.tolist()
         now = time.monotonic()
         touched: dict[str, list[int]] = {}
-        for row, (seq, token) in enumerate(zip(result.sampled_seqs, tokens)):
+        seqs, row = result.sampled_seqs, 0
+        while row < len(seqs):
+            seq, first = seqs[row], row
+            while row < len(seqs) and seqs[row] is seq:  # with drafts, it sampled after each of them too
+                row += 1
             state = self._requests.get(seq.request_id)
             if seq.is_finished or state is None:  # aborted, or ended by an earlier token, meanwhile
                 continue
             try:
-                self._take_token(state, seq, token, out, row)
+                if row - first > 1:
+                    for i, token in enumerate(self.scheduler.accept_drafts(seq, tokens[first:row])):
+                        seq.token_ids.append(PLACEHOLDER_TOKEN)
+                        self._take_token(state, seq, token, out, first + i)
+                        if seq.is_finished:
+                            break
+                else:
+                    self._take_token(state, seq, tokens[first], out, first)
             except Exception as e:  # this request's data broke: it fails, the rest of the step goes on
                 self._fail(state, seq, e)
                 touched[seq.request_id] = list(range(len(state.seqs)))

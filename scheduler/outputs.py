@@ -65,3 +65,5 @@ class EngineStats:
     num_preemptions: int               # since start
     prefix_query_tokens: int           # prompt tokens looked up in the prefix cache, since start
     prefix_hit_tokens: int             # of those, found cached
+    draft_tokens: int = 0              # speculative drafts checked by the model, since start
+    accepted_draft_tokens: int = 0     # of those, kept

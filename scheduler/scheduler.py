@@ -7,6 +7,7 @@ import time
 
 from kv_cache.block_manager import BlockManager
 from models.stop_rule import StopRule
+from scheduler.ngram_proposer import NgramProposer
 from scheduler.queues import TaskQueues
 from scheduler.sequence import PLACEHOLDER_TOKEN, SeqStatus, Sequence
 
@@ -21,12 +22,15 @@ class SchedulerConfig:
     block_size: int = 16
     enable_prefix_caching: bool = True
     aging_seconds: float = 30.0          # waiting this long gains a sequence one priority class
+    speculative_ngram: int = 0           # greedy decodes draft up to this many tokens a step by n-gram lookup; 0: off
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size"):
             value = getattr(self, name)
             if value is not None and value < 1:  # None: EngineConfig's "the model's own limit"
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.speculative_ngram < 0:
+            raise ValueError(f"speculative_ngram must be >= 0, got {self.speculative_ngram}")
 
 
 @dataclasses.dataclass(slots=True)
@@ -43,6 +47,8 @@ class SchedulerStats:
     num_preemptions: int = 0
     prefix_query_tokens: int = 0
     prefix_hit_tokens: int = 0
+    draft_tokens: int = 0            # drafts checked by the model (speculative decoding)
+    accepted_draft_tokens: int = 0   # of those, equal to the model's own token there
 
 
 class Scheduler:
@@ -53,6 +59,11 @@ class Scheduler:
     runs dry the worst running sequence (lowest priority, latest arrival) is preempted: its blocks
     are freed and it waits to be recomputed. Waiting sequences are admitted from the task queues
     with what budget is left, reusing cached prefix blocks, unless this step had to preempt.
+
+    With speculative_ngram > 0, a greedy decode first appends the tokens an NgramProposer guesses
+    will follow (drafts): the step computes them with its last token and samples after each, and
+    `accept_drafts` keeps the drafts the model agrees with. Drafts are what a step gives up first:
+    when the pool runs dry they are dropped before anything is preempted.
     """
 
     def __init__(self, config: SchedulerConfig, num_blocks: int, stop_rule: StopRule = StopRule(),
@@ -64,6 +75,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.clock = clock
         self.stats = SchedulerStats()
+        self.proposer = NgramProposer() if config.speculative_ngram else None
         # n > 1: the later samples wait until the first has computed the shared prompt, then reuse its blocks.
         self._deferred: dict[int, list[Sequence]] = {}
 
@@ -89,8 +101,14 @@ class Scheduler:
             if self._ends_on_pending_token(seq):  # nothing left to compute: it finishes once its token lands
                 i += 1
                 continue
+            if self.proposer is not None:
+                self._draft(seq, budget)
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not bm.allocate(seq, seq.num_computed_tokens + n):
+                if seq.num_draft_tokens:
+                    self._drop_drafts(seq)
+                    n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+                    continue
                 victim = running.pop()
                 self._preempt(victim)
                 batch.preempted.append(victim)
@@ -133,7 +151,51 @@ class Scheduler:
         batch.num_new_tokens = [batch.num_new_tokens[j] for j in order]
         return batch
 
+    def _draft(self, seq: Sequence, budget: int) -> None:
+        """Append draft tokens to a greedy decode: as many as the proposer finds, up to
+        speculative_ngram, the step's budget, the context limit and the tokens the request may still
+        take. Drafts left from a step that did not complete are kept (the step is redone)."""
+        if seq.num_draft_tokens:  # left by a step that raised before it ran: redo it if it fits
+            if seq.num_tokens - seq.num_computed_tokens > budget:
+                self._drop_drafts(seq)
+            return
+        p = seq.params
+        if (not p.greedy or seq.num_tokens - seq.num_computed_tokens != 1
+                or seq.num_output_tokens < p.min_tokens):  # the first min_tokens outputs are sampled with bans
+            return
+        limit = min(self.config.speculative_ngram, budget - 1, self.config.max_model_len - seq.num_tokens)
+        if p.max_tokens is not None:
+            limit = min(limit, p.max_tokens - seq.num_output_tokens - 1)
+        drafts = self.proposer.propose(seq, limit)
+        seq.token_ids.extend(drafts)
+        seq.num_draft_tokens = len(drafts)
+
+    def _drop_drafts(self, seq: Sequence) -> None:
+        if seq.num_draft_tokens:
+            del seq.token_ids[-seq.num_draft_tokens:]
+            seq.num_computed_tokens = min(seq.num_computed_tokens, seq.num_tokens - 1)
+            seq.num_draft_tokens = 0
+
+    def accept_drafts(self, seq: Sequence, targets: list[int]) -> list[int]:
+        """Settle a step that checked `seq`'s drafts: `targets` are the model's tokens after its last
+        real token and after each draft. Drafts equal to the model's token there are kept, up to the
+        first that is not; the returned tokens (those kept, then the model's token after them) are
+        the step's output, for `record_token` one at a time. The kept drafts' K/V stay computed, the
+        others' slots are free to be overwritten, and blocks no longer needed go back to the pool."""
+        d = seq.num_draft_tokens
+        drafts = seq.token_ids[-d:]
+        kept = 0
+        while kept < d and drafts[kept] == targets[kept]:
+            kept += 1
+        self._drop_drafts(seq)
+        self.stats.draft_tokens += d
+        self.stats.accepted_draft_tokens += kept
+        seq.num_computed_tokens = seq.num_tokens + kept
+        self.block_manager.trim(seq, seq.num_tokens + kept + 1)
+        return targets[:kept + 1]  # published by the next `advance`, once they are in token_ids
+
     def _preempt(self, seq: Sequence) -> None:
+        self._drop_drafts(seq)
         self.block_manager.free(seq)
         seq.num_computed_tokens = 0
         seq.status = SeqStatus.WAITING
@@ -150,6 +212,10 @@ class Scheduler:
             if seq.is_finished:  # cancelled, or ended by the previous step's token, while this one ran
                 continue
             seq.num_computed_tokens += n
+            if seq.num_draft_tokens:  # drafts are not published: only the blocks before them
+                self.block_manager.cache_computed_blocks(seq, seq.num_tokens - seq.num_draft_tokens)
+                sampling.append(seq)
+                continue
             self.block_manager.cache_computed_blocks(seq)
             if seq.num_computed_tokens == seq.num_tokens:
                 seq.token_ids.append(PLACEHOLDER_TOKEN)
@@ -183,6 +249,9 @@ class Scheduler:
         """Take a sequence out of the queues or the batch for good and free its blocks at once."""
         if seq.is_finished:
             return
+        self._drop_drafts(seq)
+        if self.proposer is not None:
+            self.proposer.forget(seq.seq_id)
         if seq.status is SeqStatus.WAITING:
             self.waiting.remove(seq)
         else:

@@ -41,6 +41,9 @@ class Sequence:
     block_hashes: list[int] = dataclasses.field(default_factory=list)
     num_cached_blocks: int = 0
     num_preemptions: int = 0
+    # The last num_draft_tokens of token_ids are guesses (speculative decoding) that the step in
+    # progress checks; they are taken out, or kept as outputs, when its tokens arrive.
+    num_draft_tokens: int = 0
     finish_reason: str | None = None
     # Per output token, when logprobs were asked for: (logprob, [(token_id, logprob), ...]).
     output_logprobs: list = dataclasses.field(default_factory=list)

@@ -1,8 +1,9 @@
 """Acceptance 2 and 4 on the REAL SmolLM2-135M-Instruct weights: greedy outputs equal
 `transformers.generate()` run one prompt at a time, token for token, in each scheduling mode —
-continuous batching, chunked prefill, preemption, prefix-cache hits, overlapped steps — one test
-each. The mechanics behind them (seeded sampling, stop strings and aborts under overlapped steps)
-are tested on the tiny model in test_engine_mechanics.py."""
+continuous batching, chunked prefill, preemption, prefix-cache hits, overlapped steps, n-gram
+speculative decoding — one test each. The mechanics behind them (seeded sampling, stop strings and
+aborts under overlapped steps; drafts) are tested on the tiny model in test_engine_mechanics.py and
+test_speculative.py."""
 
 import pytest
 import torch
@@ -99,3 +100,13 @@ def test_overlapped_steps(model_dir, prompts, reference):
     engine = _engine(model_dir, async_scheduling=True)
     _assert_exact(engine, run_prompts(engine, prompts, GREEDY, stagger=3), reference)
     assert engine.stats().prefix_hit_tokens > 0
+
+
+def test_ngram_speculation(model_dir, prompts, reference):
+    """Greedy decodes draft tokens from n-grams of their own text, checked in the step that
+    computes them; requests join while others draft. Drafts change no token."""
+    engine = _engine(model_dir, speculative_ngram=4)
+    outputs = run_prompts(engine, prompts, GREEDY, stagger=2)
+    stats = engine.stats()
+    assert 0 < stats.accepted_draft_tokens < stats.draft_tokens
+    _assert_exact(engine, outputs, reference)

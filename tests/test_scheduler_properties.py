@@ -66,9 +66,10 @@ class FakeModel:
     def _slot(self, seq: Sequence, pos: int):
         return seq.block_table[pos // self.bs], pos % self.bs
 
-    def run(self, batch, pending: dict[int, int] | None = None) -> dict[int, int]:
-        """Sampled token per sampling seq_id. `pending`: the step in flight's tokens, which stand in
-        for the placeholders they will replace (the GPU reads them on the device)."""
+    def run(self, batch, pending: dict[int, int] | None = None) -> dict[int, int | list[int]]:
+        """Sampled token per sampling seq_id; for a sequence with d drafts, the d + 1 tokens sampled
+        after its last d + 1 positions. `pending`: the step in flight's tokens, which stand in for the
+        placeholders they will replace (the GPU reads them on the device)."""
         sampled = {}
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             start = seq.num_computed_tokens
@@ -77,6 +78,7 @@ class FakeModel:
                 b, s = self._slot(seq, start - 1)
                 prev = self.kv[b][s]
                 assert prev is not None, f"seq {seq.seq_id} reads an unwritten KV slot at {start - 1}"
+            kvs = []
             for pos in range(start, start + n):
                 b, s = self._slot(seq, pos)
                 block = self.pool.blocks[b]
@@ -88,8 +90,10 @@ class FakeModel:
                     token = pending[seq.seq_id]
                 prev = _mix(prev, token)
                 self.kv[b][s] = prev
+                kvs.append(prev)
             if samples(seq, n):
-                sampled[seq.seq_id] = _sample(prev, seq.sample_index, self.salt)
+                targets = [_sample(kv, seq.sample_index, self.salt) for kv in kvs[-1 - seq.num_draft_tokens:]]
+                sampled[seq.seq_id] = targets if seq.num_draft_tokens else targets[0]
         return sampled
 
 
@@ -98,10 +102,20 @@ def samples(seq: Sequence, n: int) -> bool:
     return seq.num_computed_tokens + n == seq.num_tokens
 
 
-def record_step(sched: Scheduler, batch, sampled: dict[int, int]) -> list[Sequence]:
-    """Record a step as the synchronous engine does: `advance`, then each sampled token (by seq_id).
+def record_step(sched: Scheduler, batch, sampled: dict[int, int | list[int]]) -> list[Sequence]:
+    """Record a step as the synchronous engine does: `advance`, then each sampled token (by seq_id);
+    a sequence with drafts settles them and records the tokens kept, until one finishes it.
     Returns the sequences that a token finished (EOS, stop token, length)."""
-    return [seq for seq in sched.advance(batch) if sched.record_token(seq, sampled[seq.seq_id])]
+    finished = []
+    for seq in sched.advance(batch):
+        tokens = sched.accept_drafts(seq, sampled[seq.seq_id]) if seq.num_draft_tokens else [sampled[seq.seq_id]]
+        for token in tokens:
+            if seq.token_ids[-1] != PLACEHOLDER_TOKEN:  # advance left one for a sequence without drafts
+                seq.token_ids.append(PLACEHOLDER_TOKEN)
+            if sched.record_token(seq, token):
+                finished.append(seq)
+                break
+    return finished
 
 
 def output_ids(seq: Sequence) -> list[int]:
@@ -147,6 +161,7 @@ class RunResult:
     prefix_hit_tokens: int
     num_chunked: int                     # scheduled prefill chunks that stopped short of sampling
     steps: int
+    drafts: tuple[int, int] = (0, 0)     # draft tokens checked, and kept
 
 
 def check_state(sched: Scheduler, live: list[Sequence]) -> None:
@@ -182,6 +197,8 @@ def check_state(sched: Scheduler, live: list[Sequence]) -> None:
             assert seq.seq_id not in queued
             assert seq.num_computed_tokens < seq.num_tokens  # something is always left to compute
             assert len(seq.block_table) * bs >= seq.num_computed_tokens
+            # No block beyond what its tokens need (those of rejected drafts went back to the pool).
+            assert len(seq.block_table) <= -(-seq.num_tokens // bs)
             assert seq.num_cached_blocks * bs <= seq.num_computed_tokens
         else:
             assert seq.status is SeqStatus.WAITING
@@ -233,7 +250,9 @@ def drive(cfg: SchedulerConfig, num_blocks: int, reqs: list[Req], cancels: list[
           salt: int = 0, dt: float = 1.0, max_steps: int = 20_000, overlap: bool = False) -> RunResult:
     """Run the traffic to the end, checking state and batches at every step. With `overlap` the
     steps run as the engine's async scheduling does: step N+1 is scheduled and run before step N's
-    tokens are recorded (`advance` now, `record_token` one step later)."""
+    tokens are recorded (`advance` now, `record_token` one step later); never with drafts, which the
+    engine runs synchronously."""
+    overlap = overlap and not cfg.speculative_ngram
     clock = FakeClock()
     sched = Scheduler(cfg, num_blocks, STOP_RULE, clock=clock)
     model = FakeModel(sched, salt)
@@ -318,7 +337,8 @@ def drive(cfg: SchedulerConfig, num_blocks: int, reqs: list[Req], cancels: list[
         assert seq.is_finished and transitions[seq.seq_id] == 1, f"seq {seq.seq_id} finished {transitions[seq.seq_id]}x"
         assert seq.finish_reason in ("stop", "length", "abort")
         assert (seq.finish_reason == "abort") == (seq.seq_id in aborted)
-    return RunResult(seqs, aborted, sched.stats.num_preemptions, sched.stats.prefix_hit_tokens, num_chunked, step)
+    return RunResult(seqs, aborted, sched.stats.num_preemptions, sched.stats.prefix_hit_tokens, num_chunked, step,
+                     (sched.stats.draft_tokens, sched.stats.accepted_draft_tokens))
 
 
 def check_outputs(reqs: list[Req], result: RunResult, salt: int, max_model_len: int) -> None:
@@ -348,6 +368,7 @@ def workloads(draw, with_cancels=True):
         block_size=block_size,
         enable_prefix_caching=draw(st.booleans()),
         aging_seconds=draw(st.sampled_from([0.5, 1.0, 4.0, 1e6])),
+        speculative_ngram=draw(st.sampled_from([0, 1, 3, 3])),
     )
     token = st.integers(1, VOCAB - 1)
     prefixes = draw(st.lists(st.lists(token, max_size=3 * block_size + 1), min_size=1, max_size=3))
@@ -359,7 +380,8 @@ def workloads(draw, with_cancels=True):
         params = SamplingParams(
             n=draw(st.integers(1, 3)), max_tokens=max_tokens, min_tokens=draw(st.integers(0, min(2, max_tokens))),
             ignore_eos=draw(st.booleans()) and draw(st.booleans()),
-            stop_token_ids=draw(st.sampled_from([[], [], [3]])))
+            stop_token_ids=draw(st.sampled_from([[], [], [3]])),
+            temperature=draw(st.sampled_from([0.0, 0.0, 1.0])))  # greedy ones draft (speculative_ngram > 0)
         reqs.append(Req(draw(st.integers(0, 12)), prompt, params,
                         priority=draw(st.integers(0, 3)), task=draw(st.sampled_from(["a", "b", "general"]))))
     cancels = []
@@ -378,7 +400,7 @@ def workloads(draw, with_cancels=True):
 @given(workloads(), st.booleans())
 def test_random_traffic_keeps_every_invariant(w, overlap):
     """Properties 1-4 and 6 at every step; outputs equal the single-sequence reference (5); the
-    same with overlapped steps (tokens recorded one step late)."""
+    same with overlapped steps (tokens recorded one step late) and with n-gram drafts, kept or not."""
     cfg, num_blocks, reqs, cancels, dt, salt = w
     result = drive(cfg, num_blocks, reqs, cancels, salt=salt, dt=dt, overlap=overlap)
     check_outputs(reqs, result, salt, cfg.max_model_len)
@@ -387,7 +409,8 @@ def test_random_traffic_keeps_every_invariant(w, overlap):
     event(f"chunked prefill: {result.num_chunked > 0}")
     event(f"cancelled: {len(result.aborted) > 0}")
     event(f"n>1: {any(r.params.n > 1 for r in reqs)}")
-    event(f"overlap: {overlap}")
+    event(f"overlap: {overlap and not cfg.speculative_ngram}")
+    event(f"drafts kept: {result.drafts[1] > 0}; drafts rejected: {result.drafts[0] > result.drafts[1]}")
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
