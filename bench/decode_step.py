@@ -2,10 +2,13 @@
 step time, against the card's measured copy bandwidth.
 
     python -m bench.decode_step --model Qwen/Qwen3-0.6B --attention-backend triton --batch-sizes 1,64,256
+    python -m bench.decode_step --model Qwen/Qwen3-8B --drafts 0,2,4,8   # what checking drafts costs
 
 Every sequence has --context tokens already cached (random K/V: the cache content does not change
 the work). A step is the engine's real one: build inputs, forward, logits, greedy sampling, and the
-host copy of the sampled tokens.
+host copy of the sampled tokens. With --drafts D, each sequence also carries D draft tokens
+(speculative decoding): the step computes 1 + D tokens a sequence, eagerly, and samples after each;
+its time against D = 0 is what a step of drafts costs (tok/s then counts one token a sequence).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,64,256")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--drafts", default="0", help="comma list of draft tokens per sequence")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step per batch size")
     args = ap.parse_args()
 
@@ -60,14 +64,15 @@ def main() -> None:
     bandwidth = copy_bandwidth(device)
     bs = engine.config.block_size
     rows = []
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        blocks_per_seq = -(-(args.context + 1) // bs)
+    for batch, drafts in [(int(b), int(d)) for b in args.batch_sizes.split(",") for d in args.drafts.split(",")]:
+        blocks_per_seq = -(-(args.context + 1 + drafts) // bs)
         if batch * blocks_per_seq > engine.num_kv_blocks:
             print(f"batch {batch}: needs {batch * blocks_per_seq} blocks, pool has {engine.num_kv_blocks}; skipped")
             continue
-        seqs = [PlainRow([7] * (args.context + 1), list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)),
-                         args.context, SamplingParams(temperature=0), num_output_tokens=1) for i in range(batch)]
-        ones = [1] * batch
+        seqs = [PlainRow([7] * (args.context + 1 + drafts), list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)),
+                         args.context, SamplingParams(temperature=0), num_output_tokens=1, num_draft_tokens=drafts)
+                for i in range(batch)]
+        ones = [1 + drafts] * batch
         for _ in range(3):
             runner.execute(seqs, ones).wait()
         torch.cuda.synchronize()
@@ -90,13 +95,14 @@ def main() -> None:
                   + averages.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=90))
             print(f"--- batch {batch}, 3 steps: host\n" + averages.table(sort_by="cpu_time_total", row_limit=12))
         moved = weight_bytes + batch * (args.context + 1) * kv_token_bytes
-        rows.append((batch, step * 1e3, moved / 1e9, moved / step / 1e12, moved / step / bandwidth, batch / step))
+        rows.append((batch, drafts, step * 1e3, moved / 1e9, moved / step / 1e12, moved / step / bandwidth,
+                     batch / step))
     print(f"\n{args.model} (dummy, {engine.model.embed_tokens.weight.dtype}, KV cache {runner.kv_dtype}), "
           f"backend {args.attention_backend}, "
           f"context {args.context}, {torch.cuda.get_device_name()}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-    print(f"{'batch':>6} {'step ms':>8} {'GB read':>8} {'TB/s':>6} {'of copy bw':>10} {'tok/s':>9}")
-    for batch, ms, gb, tbs, frac, tps in rows:
-        print(f"{batch:6d} {ms:8.2f} {gb:8.2f} {tbs:6.2f} {frac:10.1%} {tps:9.0f}")
+    print(f"{'batch':>6} {'drafts':>6} {'step ms':>8} {'GB read':>8} {'TB/s':>6} {'of copy bw':>10} {'tok/s':>9}")
+    for batch, drafts, ms, gb, tbs, frac, tps in rows:
+        print(f"{batch:6d} {drafts:6d} {ms:8.2f} {gb:8.2f} {tbs:6.2f} {frac:10.1%} {tps:9.0f}")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ def test_models_health_metrics(server):
                  "switchyard_tpot_seconds_bucket", "switchyard_e2e_seconds_bucket", "switchyard_preemptions_total",
                  "switchyard_prefix_cache_hit_rate", "switchyard_running_sequences", "switchyard_engine_alive",
                  'switchyard_admission_slots{state="in_use"}', "switchyard_generated_tokens_total",
-                 "switchyard_requests_total"):
+                 "switchyard_requests_total", "switchyard_draft_tokens_total",
+                 "switchyard_accepted_draft_tokens_total"):
         assert name in text, name
 
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from api.config import parse_args
 from models.sampler import SamplingParams
 from scheduler.engine import EngineConfig, LLMEngine
 from scheduler.ngram_proposer import NgramProposer
@@ -67,7 +68,8 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 
 
 def _engine(tiny_model_dir, **kw) -> LLMEngine:
-    return LLMEngine(EngineConfig(model=str(tiny_model_dir), **kw))
+    # A fixed, small cache: on a GPU the default would take 90% of its memory for the first engine.
+    return LLMEngine(EngineConfig(model=str(tiny_model_dir), **{"kv_cache_gib": 0.25, **kw}))
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +129,18 @@ def test_drafts_ask_for_synchronous_steps(tiny_model_dir):
     assert not _engine(tiny_model_dir, speculative_ngram=2).async_scheduling
     with pytest.raises(ValueError, match="speculative_ngram"):
         _engine(tiny_model_dir, speculative_ngram=-1)
+
+
+def test_the_server_flag_reaches_both_engines():
+    config = parse_args(["--small-model", "embedded", "--speculative-ngram", "4"])
+    assert config.engine_config(small=False).speculative_ngram == 4
+    assert config.engine_config(small=True).speculative_ngram == 4
+    assert parse_args([]).engine_config(small=False).speculative_ngram == 0
+
+
+def test_the_benchmark_runs_task_prompts_with_and_without_drafts(tiny_model_dir, capsys):
+    from bench.speculative import main
+    assert main(["--model", str(tiny_model_dir), "--num-each", "1", "--k", "2", "--max-tokens", "8"]) == 0
+    table = capsys.readouterr().out.splitlines()[-2:]  # one row without drafts, one with
+    assert [row.split()[0] for row in table] == ["0", "2"]
+    assert all(row.split()[-1] == "True" for row in table)  # the same output with drafts
