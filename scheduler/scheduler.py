@@ -205,7 +205,8 @@ class Scheduler:
 
     def advance(self, batch: ScheduledBatch) -> list[Sequence]:
         """Record a launched step before its tokens are known: computed tokens, cached blocks, and a
-        placeholder for each token being sampled. Returns the sequences that sample, in batch order.
+        placeholder for each token being sampled (a sequence with drafts gets none: `accept_drafts`
+        settles it). Returns the sequences that sample, in batch order.
         """
         sampling = []
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
