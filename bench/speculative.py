@@ -44,12 +44,13 @@ def task_requests(num_each: int, seed: int, max_tokens: int | None) -> list[tupl
 def run_mode(args, k: int, requests, warm_up) -> dict:
     llm = LLM(model=args.model, load_format=args.load_format, tokenizer=args.tokenizer, speculative_ngram=k,
               max_num_seqs=args.max_num_seqs)
-    chats = [[{"role": "user", "content": p}] for p, _ in requests]
-    llm.chat([[{"role": "user", "content": p}] for p, _ in warm_up], warm_up[0][1])
+    template = {"enable_thinking": False} if "qwen3" in llm.engine.model_config.model_type else {}
+    llm.chat([[{"role": "user", "content": p}] for p, _ in warm_up], [params for _, params in warm_up], **template)
     stats0 = llm.engine.stats()
     _sync()
     start = time.perf_counter()
-    outputs = _chat(llm, chats, [params for _, params in requests])
+    outputs = llm.chat([[{"role": "user", "content": p}] for p, _ in requests], [params for _, params in requests],
+                       **template)
     _sync()
     seconds = time.perf_counter() - start
     stats = llm.engine.stats()
@@ -58,13 +59,6 @@ def run_mode(args, k: int, requests, warm_up) -> dict:
     tokens = [o.outputs[0].token_ids for o in outputs]
     return {"k": k, "tokens": tokens, "output_tokens": sum(map(len, tokens)), "seconds": seconds,
             "drafts": drafts, "kept": kept}
-
-
-def _chat(llm: LLM, chats, params):
-    template = {"enable_thinking": False} if "qwen3" in llm.engine.model_config.model_type else {}
-    prompts = [llm.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True, **template)
-               for c in chats]
-    return llm.generate(prompts, params)
 
 
 def main(argv=None) -> int:

@@ -42,9 +42,10 @@ class LLM:
             raise
         return [merge_outputs(deltas[rid]) for rid in ids]
 
-    def chat(self, messages: list[dict] | list[list[dict]], params: SamplingParams | None = None,
-             **template_kwargs) -> list[RequestOutput]:
-        """Apply the model's chat template (e.g. enable_thinking=False for Qwen3) and generate."""
+    def chat(self, messages: list[dict] | list[list[dict]],
+             params: SamplingParams | list[SamplingParams] | None = None, **template_kwargs) -> list[RequestOutput]:
+        """Apply the model's chat template (e.g. enable_thinking=False for Qwen3) and generate; `params`
+        as for `generate`, one for all conversations or one each."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer, so no chat template")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
